@@ -1,0 +1,189 @@
+"""A steppable diffusion process over any registered diffusers scheduler and a user model callable."""
+
+import inspect
+from collections.abc import Callable, Iterator
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from diffsteer.processes.schedulers import (
+    SchedulerSpec,
+    SchedulerState,
+    scheduler_spec,
+    unregistered_particle_state,
+)
+from diffsteer.processes.x0 import alpha_bar, flow_sigma, flow_x0, vp_x0
+from diffsteer.smc.particles import Particles
+
+
+Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+STOCHASTIC_MODES = ("auto", "require", "off")
+
+
+@dataclass(frozen=True)
+class Step:
+    """One model call of the sampling loop.
+
+    Attributes:
+        index: position in `scheduler.timesteps` (one model call each).
+        timestep: the scheduler's timestep for this call.
+        full_step: index of the full solver step this call belongs to (0 .. num_inference_steps - 1).
+        at_boundary: True when this call starts a full step, so the particles sit on the solver's grid with no
+            half-step state (always True for first-order schedulers; every other call for Heun and KDPM2).
+        progress: full_step / num_inference_steps, 0 at pure noise.
+    """
+
+    index: int
+    timestep: torch.Tensor
+    full_step: int
+    at_boundary: bool
+    progress: float
+
+
+class SchedulerProcess:
+    """`model(sample, timestep) -> model_output` driven by a diffusers scheduler, one particle per batch row.
+
+    The process owns a fresh copy of the scheduler (built from its config), so the caller's scheduler is never
+    mutated and every run starts from the same state.
+
+    Args:
+        model (`Callable[[Tensor, Tensor], Tensor]`): the denoiser; it returns epsilon, v or the sample as the
+            scheduler's `prediction_type` says (velocity for flow-matching schedulers).
+        scheduler (`SchedulerMixin`): any scheduler in `diffsteer.processes.SCHEDULER_REGISTRY` (or a subclass).
+        shape (`tuple[int, ...]`): the shape of one sample, without the particle dimension.
+        num_inference_steps (`int`): full solver steps.
+        step_kwargs (`dict`, *optional*): extra arguments of `scheduler.step` (for example `eta` for DDIM).
+        stochastic (`str`, defaults to `"auto"`): what to do when the transition is deterministic. `"auto"` switches
+            to the stochastic variant and records it in `changes`; `"require"` raises; `"off"` runs the scheduler
+            exactly as given.
+        device, dtype: where and in which precision samples live.
+    """
+
+    def __init__(
+        self,
+        model: Model,
+        scheduler: SchedulerMixin,
+        *,
+        shape: tuple[int, ...],
+        num_inference_steps: int,
+        step_kwargs: dict[str, Any] | None = None,
+        stochastic: str = "auto",
+        device: torch.device | str = "cpu",
+        dtype: torch.dtype = torch.float32,
+    ) -> None:
+        if stochastic not in STOCHASTIC_MODES:
+            raise ValueError(f"stochastic must be one of {list(STOCHASTIC_MODES)}, got {stochastic!r}.")
+        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
+            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}.")
+        self.model = model
+        self.shape = tuple(shape)
+        self.num_inference_steps = num_inference_steps
+        self.device = torch.device(device)
+        self.dtype = dtype
+        self.changes: list[str] = []
+        self.scheduler, self.step_kwargs = self._resolve_stochastic(
+            type(scheduler).from_config(scheduler.config), dict(step_kwargs or {}), stochastic
+        )
+        self.spec: SchedulerSpec = scheduler_spec(self.scheduler)
+        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        self._step_parameters = set(inspect.signature(self.scheduler.step).parameters)
+        unknown = set(self.step_kwargs) - self._step_parameters
+        if unknown:
+            raise ValueError(
+                f"step_kwargs {sorted(unknown)} are not arguments of {type(self.scheduler).__name__}.step; "
+                f"it accepts {sorted(self._step_parameters - {'self', 'model_output', 'timestep', 'sample'})}."
+            )
+
+    def _resolve_stochastic(
+        self, scheduler: SchedulerMixin, step_kwargs: dict[str, Any], stochastic: str
+    ) -> tuple[SchedulerMixin, dict[str, Any]]:
+        # A switch can land on a scheduler that is itself deterministic by default (PNDM -> DDIM with eta=0), so
+        # keep switching until the transition draws noise.
+        for _ in range(3):
+            spec = scheduler_spec(scheduler)
+            if stochastic == "off" or not spec.is_deterministic(scheduler, step_kwargs):
+                return scheduler, step_kwargs
+            if stochastic == "require" or spec.make_stochastic is None:
+                raise ValueError(
+                    f"{type(scheduler).__name__} with step_kwargs={step_kwargs} has a deterministic transition, so "
+                    "resampled copies of a particle would never separate. Use a stochastic sampler (for example "
+                    "DDIMScheduler with step_kwargs={'eta': 1.0}, DDPMScheduler, EulerAncestralDiscreteScheduler, "
+                    "or DPMSolverMultistepScheduler with algorithm_type='sde-dpmsolver++'), or pass "
+                    "stochastic='auto' to let diffsteer switch, or stochastic='off' to run it as it is."
+                )
+            scheduler, step_kwargs, note = spec.make_stochastic(scheduler, step_kwargs)
+            self.changes.append(note)
+        raise RuntimeError("The stochastic variant of the scheduler is still deterministic.")
+
+    @property
+    def num_calls(self) -> int:
+        """Model calls of one run (2 per full step, but one, for Heun and KDPM2)."""
+        return len(self.scheduler.timesteps)
+
+    def init(
+        self, num_particles: int, generator: torch.Generator | None = None, latents: torch.Tensor | None = None
+    ) -> Particles:
+        """Initial particles: x_T (given, or drawn from the generator) and the scheduler's per-particle state."""
+        shape = (num_particles, *self.shape)
+        if latents is None:
+            noise_device = generator.device if generator is not None else self.device
+            latents = torch.randn(shape, generator=generator, device=noise_device, dtype=self.dtype)
+            latents = latents.to(self.device) * getattr(self.scheduler, "init_noise_sigma", 1.0)
+        elif tuple(latents.shape) != shape:
+            raise ValueError(f"latents must have shape {shape} (num_particles, *shape), got {tuple(latents.shape)}.")
+        else:
+            latents = latents.to(device=self.device, dtype=self.dtype)
+        return Particles(
+            num_particles,
+            latents=latents,
+            model_output=None,
+            x0_hat=None,
+            scheduler_state=SchedulerState(self.scheduler),
+        )
+
+    def steps(self) -> Iterator[Step]:
+        """The model calls of one run, in order. Lazy: `at_boundary` is read off the scheduler's live state."""
+        full_step = -1
+        for index, timestep in enumerate(self.scheduler.timesteps):
+            at_boundary = getattr(self.scheduler, "state_in_first_order", True)
+            full_step += int(at_boundary)
+            yield Step(index, timestep, full_step, at_boundary, full_step / self.num_inference_steps)
+
+    def predict(self, particles: Particles, step: Step) -> None:
+        """Run the model at the current particles and store `model_output` and `x0_hat` on them."""
+        sample = particles.latents
+        scale = getattr(self.scheduler, "scale_model_input", None)
+        model_input = scale(sample, step.timestep) if scale is not None else sample
+        model_output = self.model(model_input, step.timestep)
+        if model_output.shape != sample.shape:
+            raise ValueError(
+                f"The model returned shape {tuple(model_output.shape)} for samples of shape {tuple(sample.shape)}; "
+                "it must return one output per particle with the sample's shape."
+            )
+        if self.spec.space == "flow":
+            x0_hat = flow_x0(sample, model_output, flow_sigma(self.scheduler, step.timestep))
+        else:
+            a = alpha_bar(self.scheduler, step.timestep)
+            x0_hat = vp_x0(model_input, model_output, a, self.scheduler.config.prediction_type)
+        particles.model_output = model_output
+        particles.x0_hat = x0_hat
+
+    def check_particle_state(self, num_particles: int) -> None:
+        """Raise if the scheduler holds per-particle state the registry does not know (resampling would miss it)."""
+        unknown = unregistered_particle_state(self.scheduler, num_particles)
+        if unknown:
+            raise RuntimeError(
+                f"{type(self.scheduler).__name__} holds per-particle attributes {unknown} that diffsteer's scheduler "
+                "registry does not list, so resampling would leave them behind and corrupt the particles. Add them "
+                "with `diffsteer.processes.register_scheduler`."
+            )
+
+    def transition(self, particles: Particles, step: Step, generator: torch.Generator | None = None) -> None:
+        """One `scheduler.step` from the current particles; noise comes only from `generator`."""
+        kwargs = dict(self.step_kwargs)
+        if "generator" in self._step_parameters:
+            kwargs["generator"] = generator
+        output = self.scheduler.step(particles.model_output, step.timestep, particles.latents, **kwargs)
+        particles.latents = output.prev_sample

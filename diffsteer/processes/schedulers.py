@@ -1,0 +1,217 @@
+"""What diffsteer knows about each diffusers scheduler class.
+
+For every supported scheduler the registry records:
+
+- the attributes that hold per-particle state across calls to `step` (a multistep solver's `model_outputs`, Heun's
+  half-step `sample`, ...). Resampling must move them with the latents, or copies of a particle drift apart;
+- the space its samples live in (`"vp"`: alphas_cumprod with epsilon/v/sample prediction; `"flow"`: rectified flow
+  with velocity prediction), which fixes how x0-hat is computed;
+- when its transition is deterministic, and the stochastic variant that replaces it under `stochastic="auto"`.
+
+Attributes are whitelisted per class rather than guessed from shapes, because `sigmas`, `timesteps` or
+`alphas_cumprod` can have the particle count as their length by coincidence. `unregistered_particle_state` is the
+safety net that finds sample-shaped attributes the registry does not know.
+"""
+
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Any
+
+import torch
+from diffusers import (
+    DDIMScheduler,
+    DDPMScheduler,
+    DEISMultistepScheduler,
+    DPMSolverMultistepScheduler,
+    DPMSolverSinglestepScheduler,
+    EulerAncestralDiscreteScheduler,
+    EulerDiscreteScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    HeunDiscreteScheduler,
+    KDPM2AncestralDiscreteScheduler,
+    KDPM2DiscreteScheduler,
+    LCMScheduler,
+    LMSDiscreteScheduler,
+    PNDMScheduler,
+    SASolverScheduler,
+    TCDScheduler,
+    UniPCMultistepScheduler,
+)
+from diffusers.schedulers.scheduling_utils import SchedulerMixin
+
+from diffsteer.smc.particles import reindex_value
+
+
+StepKwargs = dict[str, Any]
+# (scheduler, step kwargs) -> (stochastic scheduler, step kwargs, a sentence saying what changed)
+MakeStochastic = Callable[[SchedulerMixin, StepKwargs], tuple[SchedulerMixin, StepKwargs, str]]
+
+
+@dataclass(frozen=True)
+class SchedulerSpec:
+    """Registry entry for one scheduler class.
+
+    Args:
+        per_particle (`tuple[str, ...]`): attributes holding per-particle tensors (or lists of them) between steps.
+        is_deterministic (`Callable[[SchedulerMixin, dict], bool]`): whether `step` with these kwargs draws no noise.
+        make_stochastic (`Callable`, *optional*): builds the stochastic variant; `None` when always stochastic.
+        space (`str`, defaults to `"vp"`): `"vp"` or `"flow"`.
+    """
+
+    per_particle: tuple[str, ...]
+    is_deterministic: Callable[[SchedulerMixin, StepKwargs], bool]
+    make_stochastic: MakeStochastic | None = None
+    space: str = "vp"
+
+
+SCHEDULER_REGISTRY: dict[type[SchedulerMixin], SchedulerSpec] = {}
+
+
+def register_scheduler(scheduler_class: type[SchedulerMixin], spec: SchedulerSpec) -> None:
+    """Add (or replace) the registry entry of `scheduler_class`; subclasses inherit it."""
+    SCHEDULER_REGISTRY[scheduler_class] = spec
+
+
+def scheduler_spec(scheduler: SchedulerMixin) -> SchedulerSpec:
+    """The registry entry of `scheduler`'s class or its nearest registered base class.
+
+    Raises:
+        ValueError: naming the supported classes, if the class is unknown.
+    """
+    for cls in type(scheduler).__mro__:
+        if cls in SCHEDULER_REGISTRY:
+            return SCHEDULER_REGISTRY[cls]
+    names = sorted(cls.__name__ for cls in SCHEDULER_REGISTRY)
+    raise ValueError(
+        f"{type(scheduler).__name__} is not in diffsteer's scheduler registry, so diffsteer does not know which of "
+        f"its attributes hold per-particle state that resampling must move. Use one of {names}, or register it with "
+        "`diffsteer.processes.register_scheduler`."
+    )
+
+
+class SchedulerState:
+    """The per-particle attributes of a live scheduler, reindexed in place (a `Reindexable` particle field)."""
+
+    def __init__(self, scheduler: SchedulerMixin) -> None:
+        self.scheduler = scheduler
+        self.attributes = scheduler_spec(scheduler).per_particle
+
+    def reindex(self, indices: torch.Tensor) -> None:
+        for name in self.attributes:
+            if hasattr(self.scheduler, name):
+                setattr(self.scheduler, name, reindex_value(getattr(self.scheduler, name), indices))
+
+
+def unregistered_particle_state(scheduler: SchedulerMixin, num_particles: int) -> list[str]:
+    """Attributes of `scheduler` that look per-particle (tensors of ndim >= 2 and leading dimension
+    `num_particles`, or lists of them) but are not in its registry entry."""
+    known = set(scheduler_spec(scheduler).per_particle)
+    return sorted(
+        name
+        for name, value in vars(scheduler).items()
+        if name not in known and _has_particle_dim(value, num_particles)
+    )
+
+
+def _has_particle_dim(value: Any, num_particles: int) -> bool:
+    if isinstance(value, torch.Tensor):
+        return value.ndim >= 2 and value.shape[0] == num_particles
+    if isinstance(value, list | tuple):
+        return any(_has_particle_dim(item, num_particles) for item in value)
+    return False
+
+
+# ---- stochasticity rules -------------------------------------------------------------------------------------------
+
+
+def _never_deterministic(scheduler: SchedulerMixin, step_kwargs: StepKwargs) -> bool:
+    return False
+
+
+def _always_deterministic(scheduler: SchedulerMixin, step_kwargs: StepKwargs) -> bool:
+    return True
+
+
+def _switch_to(
+    target: type[SchedulerMixin], **config_overrides: Any
+) -> MakeStochastic:
+    """Replace the scheduler by `target` built from the same config (keeping the noise schedule)."""
+
+    def make(scheduler: SchedulerMixin, step_kwargs: StepKwargs) -> tuple[SchedulerMixin, StepKwargs, str]:
+        new = target.from_config(scheduler.config, **config_overrides)
+        settings = "".join(f", {key}={value!r}" for key, value in config_overrides.items())
+        note = (
+            f"{type(scheduler).__name__} is deterministic, so it was replaced by {target.__name__} "
+            f"(built from the same config{settings}) to give the particles fresh noise at each step."
+        )
+        return new, step_kwargs, note
+
+    return make
+
+
+def _set_step_kwarg(name: str, value: float) -> MakeStochastic:
+    def make(scheduler: SchedulerMixin, step_kwargs: StepKwargs) -> tuple[SchedulerMixin, StepKwargs, str]:
+        before = step_kwargs.get(name)
+        note = (
+            f"{type(scheduler).__name__} with {name}={before!r} is deterministic, so {name} was set to {value} to "
+            "give the particles fresh noise at each step."
+        )
+        return scheduler, {**step_kwargs, name: value}, note
+
+    return make
+
+
+def _ddim_deterministic(scheduler: SchedulerMixin, step_kwargs: StepKwargs) -> bool:
+    return step_kwargs.get("eta", 0.0) == 0 and step_kwargs.get("variance_noise") is None
+
+
+def _dpmsolver_deterministic(scheduler: SchedulerMixin, step_kwargs: StepKwargs) -> bool:
+    return not scheduler.config.algorithm_type.startswith("sde-") and step_kwargs.get("variance_noise") is None
+
+
+def _sasolver_deterministic(scheduler: SchedulerMixin, step_kwargs: StepKwargs) -> bool:
+    timesteps = range(scheduler.config.num_train_timesteps)
+    return all(scheduler.tau_func(t) == 0 for t in timesteps)
+
+
+_SDE_DPMSOLVER = _switch_to(DPMSolverMultistepScheduler, algorithm_type="sde-dpmsolver++")
+
+for _cls, _spec in {
+    DDPMScheduler: SchedulerSpec((), _never_deterministic),
+    DDIMScheduler: SchedulerSpec((), _ddim_deterministic, _set_step_kwarg("eta", 1.0)),
+    EulerDiscreteScheduler: SchedulerSpec(
+        (), lambda s, kw: kw.get("s_churn", 0.0) == 0, _switch_to(EulerAncestralDiscreteScheduler)
+    ),
+    EulerAncestralDiscreteScheduler: SchedulerSpec((), _never_deterministic),
+    LCMScheduler: SchedulerSpec((), _never_deterministic),
+    TCDScheduler: SchedulerSpec((), lambda s, kw: kw.get("eta", 0.3) == 0, _set_step_kwarg("eta", 0.3)),
+    FlowMatchEulerDiscreteScheduler: SchedulerSpec(
+        (),
+        lambda s, kw: not s.config.stochastic_sampling and kw.get("s_churn", 0.0) == 0,
+        _switch_to(FlowMatchEulerDiscreteScheduler, stochastic_sampling=True),
+        space="flow",
+    ),
+    DPMSolverMultistepScheduler: SchedulerSpec(("model_outputs",), _dpmsolver_deterministic, _SDE_DPMSOLVER),
+    DPMSolverSinglestepScheduler: SchedulerSpec(
+        ("model_outputs", "sample"),
+        _dpmsolver_deterministic,
+        _switch_to(DPMSolverSinglestepScheduler, algorithm_type="sde-dpmsolver++"),
+    ),
+    UniPCMultistepScheduler: SchedulerSpec(("model_outputs", "last_sample"), _always_deterministic, _SDE_DPMSOLVER),
+    DEISMultistepScheduler: SchedulerSpec(("model_outputs",), _always_deterministic, _SDE_DPMSOLVER),
+    SASolverScheduler: SchedulerSpec(
+        ("model_outputs", "last_sample", "last_noise"),
+        _sasolver_deterministic,
+        _switch_to(SASolverScheduler, tau_func=lambda t: 1),
+    ),
+    PNDMScheduler: SchedulerSpec(
+        ("ets", "cur_sample", "cur_model_output"), _always_deterministic, _switch_to(DDIMScheduler)
+    ),
+    HeunDiscreteScheduler: SchedulerSpec(
+        ("prev_derivative", "sample"), _always_deterministic, _switch_to(KDPM2AncestralDiscreteScheduler)
+    ),
+    KDPM2DiscreteScheduler: SchedulerSpec(("sample",), _always_deterministic, _switch_to(KDPM2AncestralDiscreteScheduler)),
+    KDPM2AncestralDiscreteScheduler: SchedulerSpec(("sample",), _never_deterministic),
+    LMSDiscreteScheduler: SchedulerSpec(("derivatives",), _always_deterministic, _switch_to(EulerAncestralDiscreteScheduler)),
+}.items():
+    register_scheduler(_cls, _spec)

@@ -1,0 +1,94 @@
+"""A container for everything that has a particle dimension.
+
+The classic bug of particle samplers is a per-particle tensor that resampling forgets (a cached model output, a
+solver's history, a conditioning row): the sampler still runs and silently targets the wrong distribution. So every
+per-particle quantity lives in one `Particles` object, and one `reindex(indices)` moves all of it together.
+"""
+
+from collections.abc import Iterator
+from typing import Any, Protocol, runtime_checkable
+
+import torch
+
+
+@runtime_checkable
+class Reindexable(Protocol):
+    """Per-particle state kept outside a tensor (for example a scheduler's history) that knows how to reindex."""
+
+    def reindex(self, indices: torch.Tensor) -> None: ...
+
+
+def reindex_value(value: Any, indices: torch.Tensor) -> Any:
+    """`value` with its particle dimension (dim 0) gathered at `indices`.
+
+    Tensors are indexed; tuples, lists and NamedTuples are reindexed element by element; `None` and non-tensor
+    leaves (ints, floats, strings) are shared by every particle and returned unchanged; `Reindexable` objects
+    reindex themselves in place.
+    """
+    if isinstance(value, torch.Tensor):
+        return value[indices.to(value.device)]
+    if isinstance(value, Reindexable):
+        value.reindex(indices)
+        return value
+    if isinstance(value, tuple) and hasattr(value, "_fields"):
+        return type(value)(*(reindex_value(item, indices) for item in value))
+    if isinstance(value, list | tuple):
+        return type(value)(reindex_value(item, indices) for item in value)
+    return value
+
+
+class Particles:
+    """Named per-particle fields with one atomic `reindex`.
+
+    Fields are set and read as attributes (`particles.latents = x`). Tensors must have the particle count as their
+    first dimension; containers of tensors and `Reindexable` objects are allowed too.
+
+    Args:
+        num_particles (`int`): the number of particles N.
+        **fields: initial fields.
+    """
+
+    def __init__(self, num_particles: int, **fields: Any) -> None:
+        if not isinstance(num_particles, int) or num_particles < 1:
+            raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}.")
+        object.__setattr__(self, "num_particles", num_particles)
+        object.__setattr__(self, "_fields", {})
+        for name, value in fields.items():
+            setattr(self, name, value)
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        _check_particle_dim(name, value, self.num_particles)
+        self._fields[name] = value
+
+    def __getattr__(self, name: str) -> Any:
+        try:
+            return self._fields[name]
+        except KeyError:
+            raise AttributeError(f"Particles has no field {name!r}; fields are {sorted(self._fields)}.") from None
+
+    def __contains__(self, name: str) -> bool:
+        return name in self._fields
+
+    def __iter__(self) -> Iterator[str]:
+        return iter(self._fields)
+
+    def reindex(self, indices: torch.Tensor) -> None:
+        """Replace every field by its rows at `indices` (ancestor indices from a resampling scheme)."""
+        if indices.ndim != 1 or indices.numel() != self.num_particles:
+            raise ValueError(
+                f"indices must have shape ({self.num_particles},) to keep the particle count, "
+                f"got {tuple(indices.shape)}."
+            )
+        for name, value in self._fields.items():
+            self._fields[name] = reindex_value(value, indices)
+
+
+def _check_particle_dim(name: str, value: Any, num_particles: int) -> None:
+    if isinstance(value, torch.Tensor) and (value.ndim == 0 or value.shape[0] != num_particles):
+        raise ValueError(
+            f"Field {name!r} must have the particle count {num_particles} as its first dimension, "
+            f"got shape {tuple(value.shape)}."
+        )
+    if isinstance(value, list | tuple):
+        for item in value:
+            _check_particle_dim(name, item, num_particles)

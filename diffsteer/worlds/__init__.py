@@ -1,0 +1,1 @@
+"""Small real worlds that need no download, with exact answers to test against."""
