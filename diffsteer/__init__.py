@@ -1,7 +1,7 @@
 """diffsteer: inference-time steering of diffusion models.
 
-    result = diffsteer.sample(model, scheduler, shape=(2,), method=diffsteer.FK(num_particles=256, lmbda=2.0),
-                              reward=my_reward, num_inference_steps=50, generator=torch.Generator().manual_seed(0))
+result = diffsteer.sample(model, scheduler, shape=(2,), method=diffsteer.FK(num_particles=256, lmbda=2.0),
+                          reward=my_reward, num_inference_steps=50, generator=torch.Generator().manual_seed(0))
 """
 
 from diffsteer.methods import FK, BestOfN

@@ -128,7 +128,9 @@ def _run(
     final_rewards = _score(reward, samples, ledger)
     log_weights = particles.log_weights
     if potential is not None:
-        log_weights = _add_log_potential(log_weights, potential.final_correction(particles.potential_state, final_rewards))
+        log_weights = _add_log_potential(
+            log_weights, potential.final_correction(particles.potential_state, final_rewards)
+        )
     log_normalizer = float(log_mean_exp(log_weights)) if potential is not None else None
     log_weights = normalize(log_weights)
     selected_indices = _select(method, log_weights, final_rewards, num_outputs, generator)
@@ -190,4 +192,3 @@ def _select(
     # Particles of zero weight are out of the population, whatever their reward.
     eligible = torch.where(torch.isneginf(log_weights), -math.inf, rewards)
     return torch.topk(eligible.cpu(), num_outputs, sorted=True).indices
-

@@ -132,9 +132,7 @@ def _always_deterministic(scheduler: SchedulerMixin, step_kwargs: StepKwargs) ->
     return True
 
 
-def _switch_to(
-    target: type[SchedulerMixin], **config_overrides: Any
-) -> MakeStochastic:
+def _switch_to(target: type[SchedulerMixin], **config_overrides: Any) -> MakeStochastic:
     """Replace the scheduler by `target` built from the same config (keeping the noise schedule)."""
 
     def make(scheduler: SchedulerMixin, step_kwargs: StepKwargs) -> tuple[SchedulerMixin, StepKwargs, str]:
@@ -210,8 +208,12 @@ for _cls, _spec in {
     HeunDiscreteScheduler: SchedulerSpec(
         ("prev_derivative", "sample"), _always_deterministic, _switch_to(KDPM2AncestralDiscreteScheduler)
     ),
-    KDPM2DiscreteScheduler: SchedulerSpec(("sample",), _always_deterministic, _switch_to(KDPM2AncestralDiscreteScheduler)),
+    KDPM2DiscreteScheduler: SchedulerSpec(
+        ("sample",), _always_deterministic, _switch_to(KDPM2AncestralDiscreteScheduler)
+    ),
     KDPM2AncestralDiscreteScheduler: SchedulerSpec(("sample",), _never_deterministic),
-    LMSDiscreteScheduler: SchedulerSpec(("derivatives",), _always_deterministic, _switch_to(EulerAncestralDiscreteScheduler)),
+    LMSDiscreteScheduler: SchedulerSpec(
+        ("derivatives",), _always_deterministic, _switch_to(EulerAncestralDiscreteScheduler)
+    ),
 }.items():
     register_scheduler(_cls, _spec)

@@ -80,18 +80,14 @@ def _check_num_samples(num_samples: int) -> None:
 
 
 @register_resampling_scheme("multinomial")
-def multinomial(
-    log_weights: torch.Tensor, num_samples: int, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def multinomial(log_weights: torch.Tensor, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Independent draws from the categorical distribution of the weights."""
     _check_num_samples(num_samples)
     return inverse_cdf(log_weights, _uniforms(num_samples, generator)).to(log_weights.device)
 
 
 @register_resampling_scheme("stratified")
-def stratified(
-    log_weights: torch.Tensor, num_samples: int, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def stratified(log_weights: torch.Tensor, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """One independent uniform in each of the strata [k/M, (k+1)/M)."""
     _check_num_samples(num_samples)
     strata = torch.arange(num_samples, dtype=torch.float64)
@@ -100,9 +96,7 @@ def stratified(
 
 
 @register_resampling_scheme("systematic")
-def systematic(
-    log_weights: torch.Tensor, num_samples: int, generator: torch.Generator | None = None
-) -> torch.Tensor:
+def systematic(log_weights: torch.Tensor, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """One uniform shared by all strata: (k + U) / M."""
     _check_num_samples(num_samples)
     strata = torch.arange(num_samples, dtype=torch.float64)
