@@ -88,8 +88,12 @@ class SchedulerProcess:
         )
         self.spec: SchedulerSpec = scheduler_spec(self.scheduler)
         self.scheduler.set_timesteps(num_inference_steps, device=self.device)
-        self._step_parameters = set(inspect.signature(self.scheduler.step).parameters)
-        unknown = set(self.step_kwargs) - self._step_parameters
+        parameters = inspect.signature(self.scheduler.step).parameters
+        self._step_parameters = set(parameters)
+        accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
+        if accepts_any:
+            self._step_parameters.add("generator")
+        unknown = set() if accepts_any else set(self.step_kwargs) - self._step_parameters
         if unknown:
             raise ValueError(
                 f"step_kwargs {sorted(unknown)} are not arguments of {type(self.scheduler).__name__}.step; "

@@ -43,9 +43,9 @@ class GaussianMixture:
                 f"Expected weights ({num_components},) and covariances ({num_components}, {dim}, {dim}) for means "
                 f"{tuple(means.shape)}; got {tuple(weights.shape)} and {tuple(covariances.shape)}."
             )
-        if (weights < 0).any() or not math.isclose(float(weights.sum()), 1.0, abs_tol=1e-9):
+        if (weights < 0).any() or not math.isclose(float(weights.sum()), 1.0, abs_tol=1e-6):
             raise ValueError(f"weights must be non-negative and sum to one, got {weights.tolist()}.")
-        object.__setattr__(self, "weights", weights)
+        object.__setattr__(self, "weights", weights / weights.sum())
         object.__setattr__(self, "means", means)
         object.__setattr__(self, "covariances", covariances)
 
