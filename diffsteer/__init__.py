@@ -1,14 +1,38 @@
 """diffsteer: inference-time steering of diffusion models.
 
-result = diffsteer.sample(model, scheduler, shape=(2,), method=diffsteer.FK(num_particles=256, lmbda=2.0),
-                          reward=my_reward, num_inference_steps=50, generator=torch.Generator().manual_seed(0))
+    result = diffsteer.sample(model, scheduler, shape=(2,), method=diffsteer.FK(num_particles=256, lmbda=2.0),
+                              reward=my_reward, num_inference_steps=50, generator=torch.Generator().manual_seed(0))
+
+Names are imported on first use, so `import diffsteer.smc` (the pure-torch particle core) never loads diffusers.
 """
 
-from diffsteer.methods import FK, BestOfN
-from diffsteer.outputs import CostLedger, SamplingResult, StepRecord
-from diffsteer.sampling import sample
+import importlib
+from typing import TYPE_CHECKING, Any
 
 
 __version__ = "0.1.0"
 
+_LAZY = {
+    "FK": "diffsteer.methods",
+    "BestOfN": "diffsteer.methods",
+    "CostLedger": "diffsteer.outputs",
+    "SamplingResult": "diffsteer.outputs",
+    "StepRecord": "diffsteer.outputs",
+    "sample": "diffsteer.sampling",
+}
+_SUBPACKAGES = ("methods", "processes", "smc", "worlds")
+
 __all__ = ["FK", "BestOfN", "CostLedger", "SamplingResult", "StepRecord", "__version__", "sample"]
+
+if TYPE_CHECKING:
+    from diffsteer.methods import FK, BestOfN
+    from diffsteer.outputs import CostLedger, SamplingResult, StepRecord
+    from diffsteer.sampling import sample
+
+
+def __getattr__(name: str) -> Any:
+    if name in _LAZY:
+        return getattr(importlib.import_module(_LAZY[name]), name)
+    if name in _SUBPACKAGES:
+        return importlib.import_module(f"diffsteer.{name}")
+    raise AttributeError(f"module 'diffsteer' has no attribute {name!r}")
