@@ -2,6 +2,7 @@
 
 import diffusers
 
+import diffsteer.processes
 from diffsteer.worlds.gmm import GaussianMixture
 
 
@@ -14,6 +15,7 @@ DEFAULT_CONFIGS = {
     "LCMScheduler": {"clip_sample": False},
     "TCDScheduler": {"clip_sample": False},
     "FlowMatchEulerDiscreteScheduler": {},
+    "FlowMatchEulerSDEScheduler": {},
     "DPMSolverMultistepScheduler": {},
     "DPMSolverSinglestepScheduler": {},
     "UniPCMultistepScheduler": {},
@@ -35,6 +37,7 @@ DETERMINISTIC_BY_DEFAULT = {
     "LCMScheduler": False,
     "TCDScheduler": False,
     "FlowMatchEulerDiscreteScheduler": True,
+    "FlowMatchEulerSDEScheduler": False,
     "DPMSolverMultistepScheduler": True,
     "DPMSolverSinglestepScheduler": True,
     "UniPCMultistepScheduler": True,
@@ -65,4 +68,4 @@ MIXTURE_3D = GaussianMixture.isotropic([0.5, 0.5], [[-1.0, 0.0, 1.0], [1.0, 0.5,
 
 def make(name: str, **overrides):
     config = {**DEFAULT_CONFIGS.get(name, {}), **overrides}
-    return getattr(diffusers, name)(**config)
+    return (getattr(diffusers, name, None) or getattr(diffsteer.processes, name))(**config)

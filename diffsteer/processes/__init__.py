@@ -1,5 +1,6 @@
 """Processes: a model plus a diffusers scheduler, made steppable one particle per batch row."""
 
+from diffsteer.processes.flow_sde import FlowMatchEulerSDEScheduler
 from diffsteer.processes.scheduler_process import STOCHASTIC_MODES, Model, SchedulerProcess, Step
 from diffsteer.processes.schedulers import (
     SCHEDULER_REGISTRY,
@@ -15,6 +16,7 @@ from diffsteer.processes.x0 import alpha_bar, flow_sigma, flow_x0, vp_x0
 __all__ = [
     "SCHEDULER_REGISTRY",
     "STOCHASTIC_MODES",
+    "FlowMatchEulerSDEScheduler",
     "Model",
     "SchedulerProcess",
     "SchedulerSpec",

@@ -39,6 +39,7 @@ from diffusers import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from diffsteer.processes.flow_sde import FlowMatchEulerSDEScheduler
 from diffsteer.smc.particles import reindex_value
 
 
@@ -183,11 +184,13 @@ for _cls, _spec in {
     EulerAncestralDiscreteScheduler: SchedulerSpec((), _never_deterministic),
     LCMScheduler: SchedulerSpec((), _never_deterministic),
     TCDScheduler: SchedulerSpec((), lambda s, kw: kw.get("eta", 0.3) == 0, _set_step_kwarg("eta", 0.3)),
+    # diffusers' stochastic_sampling=True re-noises x0-hat and does not keep the model's distribution, so the
+    # stochastic variant is the marginal-preserving SDE (`s_churn` is accepted by `step` but unused).
     FlowMatchEulerDiscreteScheduler: SchedulerSpec(
-        (),
-        lambda s, kw: not s.config.stochastic_sampling and kw.get("s_churn", 0.0) == 0,
-        _switch_to(FlowMatchEulerDiscreteScheduler, stochastic_sampling=True),
-        space="flow",
+        (), lambda s, kw: not s.config.stochastic_sampling, _switch_to(FlowMatchEulerSDEScheduler), space="flow"
+    ),
+    FlowMatchEulerSDEScheduler: SchedulerSpec(
+        (), lambda s, kw: kw.get("diffusion_scale", 3.0) == 0, _set_step_kwarg("diffusion_scale", 3.0), space="flow"
     ),
     DPMSolverMultistepScheduler: SchedulerSpec(("model_outputs",), _dpmsolver_deterministic, _SDE_DPMSOLVER),
     DPMSolverSinglestepScheduler: SchedulerSpec(
