@@ -14,7 +14,7 @@ import torch
 from diffusers import DDPMScheduler
 
 import diffsteer
-from diffsteer.worlds.gmm import GaussianMixture, exact_denoiser, linear_reward
+from diffsteer.worlds.gmm import exact_denoiser, four_modes, linear_reward
 
 
 CONFIGS = {
@@ -33,7 +33,7 @@ def main() -> None:
     parser.add_argument("--particles", type=int, default=1000)
     parser.add_argument("--replicates", type=int, default=16)
     args = parser.parse_args()
-    mixture = GaussianMixture.isotropic([0.4, 0.3, 0.2, 0.1], [[-2, -2], [2, -2], [-2, 2], [2, 2]], 0.5)
+    mixture = four_modes()
     direction, lmbda = torch.tensor([1.0, 0.5]), 0.6
     tilted, log_z = mixture.tilt(direction, lmbda)
     scheduler = DDPMScheduler(clip_sample=False)
@@ -51,7 +51,7 @@ def main() -> None:
                 num_inference_steps=100,
                 generator=torch.Generator().manual_seed(seed),
             )
-            modes.append((result.log_weights.exp()[:, None] * tilted.responsibilities(result.samples)).sum(0))
+            modes.append(tilted.mode_weights(result.samples, result.log_weights))
             log_zs.append(result.log_normalizer)
         modes, log_zs = torch.stack(modes), torch.tensor(log_zs)
         error = (modes.mean(0) - tilted.weights).abs().max()

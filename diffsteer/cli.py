@@ -11,9 +11,9 @@ def _gmm(args: argparse.Namespace) -> None:
     from diffusers import DDPMScheduler
 
     import diffsteer
-    from diffsteer.worlds.gmm import GaussianMixture, exact_denoiser, linear_reward
+    from diffsteer.worlds.gmm import exact_denoiser, four_modes, linear_reward
 
-    mixture = GaussianMixture.isotropic([0.4, 0.3, 0.2, 0.1], [[-2, -2], [2, -2], [-2, 2], [2, 2]], 0.5)
+    mixture = four_modes()
     direction = torch.tensor([1.0, 0.5])
     tilted, log_z = mixture.tilt(direction, args.lmbda)
     scheduler = DDPMScheduler(clip_sample=False)
@@ -35,8 +35,8 @@ def _gmm(args: argparse.Namespace) -> None:
     def row(values: torch.Tensor) -> str:
         return "  ".join(f"{float(v):.3f}" for v in values)
 
-    fk_modes = (fk.log_weights.exp()[:, None] * tilted.responsibilities(fk.samples)).sum(0)
-    plain_modes = mixture.responsibilities(bon.samples).mean(0)
+    fk_modes = tilted.mode_weights(fk.samples, fk.log_weights)
+    plain_modes = mixture.mode_weights(bon.samples)
     bon_mode = int(mixture.responsibilities(bon.selected).argmax())
     print(
         "Gaussian-mixture world: 4 modes in 2-D, reward r(x) = a.x with a = (1, 0.5), "

@@ -12,7 +12,7 @@ class CostLedger:
 
     Attributes:
         model_calls: calls of the denoiser.
-        model_rows: rows the denoiser evaluated (a call on N particles counts N; a CFG call counts its 2N rows).
+        model_rows: rows passed to the denoiser (a call on N particles counts N).
         reward_calls: calls of the reward.
         reward_rows: rows the reward scored.
         resampling_steps: steps at which the particles were resampled.

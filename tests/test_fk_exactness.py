@@ -20,10 +20,10 @@ import torch
 from diffusers import DDPMScheduler
 
 import diffsteer
-from diffsteer.worlds.gmm import GaussianMixture, exact_denoiser, linear_reward
+from diffsteer.worlds.gmm import exact_denoiser, four_modes, linear_reward
 
 
-MIXTURE = GaussianMixture.isotropic([0.4, 0.3, 0.2, 0.1], [[-2, -2], [2, -2], [-2, 2], [2, 2]], 0.5)
+MIXTURE = four_modes()
 DIRECTION = torch.tensor([1.0, 0.5])
 LMBDA = 0.6
 TILTED, LOG_Z = MIXTURE.tilt(DIRECTION, LMBDA)
@@ -63,7 +63,7 @@ def replicates(config: str) -> tuple[torch.Tensor, torch.Tensor]:
             num_inference_steps=STEPS,
             generator=torch.Generator().manual_seed(seed),
         )
-        modes.append((result.log_weights.exp()[:, None] * TILTED.responsibilities(result.samples)).sum(0))
+        modes.append(TILTED.mode_weights(result.samples, result.log_weights))
         log_z.append(result.log_normalizer)
     return torch.stack(modes), torch.tensor(log_z, dtype=torch.float64)
 
@@ -85,13 +85,12 @@ def test_discretisation_budget():
         generator=torch.Generator().manual_seed(123),
     )
     log_w = LMBDA * plain.rewards
-    weights = torch.softmax(log_w, 0)
-    modes = (weights[:, None] * TILTED.responsibilities(plain.samples)).sum(0)
+    modes = TILTED.mode_weights(plain.samples, log_w)
     # Importance sampling error at ESS ~ 50k is about 0.003 on the modes and 0.01 on log Z.
     assert torch.all((modes - TILTED.weights).abs() < MODE_BUDGET - 0.003)
     assert abs(float(torch.logsumexp(log_w, 0)) - math.log(log_w.numel()) - LOG_Z) < LOG_Z_BUDGET - 0.01
     # The untilted sampler reproduces the mixture's own weights within 0.01.
-    assert torch.all((MIXTURE.responsibilities(plain.samples).mean(0) - MIXTURE.weights).abs() < 0.01)
+    assert torch.all((MIXTURE.mode_weights(plain.samples) - MIXTURE.weights).abs() < 0.01)
 
 
 @pytest.mark.parametrize(

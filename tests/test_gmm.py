@@ -100,3 +100,20 @@ def test_linear_reward_and_validation():
         GaussianMixture.isotropic([0.5, 0.6], [[0.0], [1.0]], 1.0)
     with pytest.raises(ValueError, match="Expected weights"):
         GaussianMixture(torch.ones(1), torch.zeros(2, 1), torch.ones(2, 1, 1))
+
+
+def test_mode_weights_estimator_on_exact_and_reweighted_samples():
+    """On exact samples of the tilted mixture, and on prior samples reweighted by exp(lambda r), the estimate is
+    within 5 binomial standard errors of the tilted weights (the reweighted one with the Kish ESS)."""
+    direction, lmbda = torch.tensor([0.8, -0.4]), 0.9
+    tilted, _ = MIXTURE.tilt(direction, lmbda)
+    n = 100_000
+    generator = torch.Generator().manual_seed(3)
+    exact = tilted.mode_weights(tilted.sample(n, generator))
+    prior_samples = MIXTURE.sample(n, generator)
+    log_weights = lmbda * prior_samples @ direction.double()
+    reweighted = tilted.mode_weights(prior_samples, log_weights)
+    kish = float(torch.softmax(log_weights, 0).pow(2).sum().reciprocal())
+    binomial = tilted.weights * (1 - tilted.weights)
+    assert torch.all((exact - tilted.weights).abs() <= 5 * torch.sqrt(binomial / n))
+    assert torch.all((reweighted - tilted.weights).abs() <= 5 * torch.sqrt(binomial / kish))

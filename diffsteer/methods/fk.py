@@ -87,7 +87,6 @@ class BestOfN:
 
     requires_stochastic = False
     select = "best"
-    resampling = "multinomial"
 
     def __post_init__(self) -> None:
         _check_num_particles(self.num_particles)

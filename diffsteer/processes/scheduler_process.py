@@ -121,11 +121,6 @@ class SchedulerProcess:
             self.changes.append(note)
         raise RuntimeError("The stochastic variant of the scheduler is still deterministic.")
 
-    @property
-    def num_calls(self) -> int:
-        """Model calls of one run (2 per full step, but one, for Heun and KDPM2)."""
-        return len(self.scheduler.timesteps)
-
     def init(
         self, num_particles: int, generator: torch.Generator | None = None, latents: torch.Tensor | None = None
     ) -> Particles:

@@ -87,6 +87,18 @@ class GaussianMixture:
         """P(component k | x), shape (n, K)."""
         return torch.softmax(self.component_log_probs(x), dim=-1)
 
+    def mode_weights(self, samples: torch.Tensor, log_weights: torch.Tensor | None = None) -> torch.Tensor:
+        """Estimate of this mixture's mode weights from (weighted) samples: sum_i W_i P(k | x_i), shape (K,).
+
+        Its exact expectation under the mixture is the mode weights themselves, so no assignment of samples to
+        modes (and no separation between modes) is needed. `log_weights` default to uniform.
+        """
+        responsibilities = self.responsibilities(samples)
+        if log_weights is None:
+            return responsibilities.mean(0)
+        weights = torch.softmax(log_weights.to(torch.float64), dim=0)
+        return (weights[:, None] * responsibilities).sum(0)
+
     def posterior_mean(self, x_t: torch.Tensor, scale: float, noise_std: float) -> torch.Tensor:
         """E[x0 | x_t] for x_t = scale * x0 + noise_std * eps, shape (n, d)."""
         noisy = self.noised(scale, noise_std)
@@ -114,6 +126,12 @@ class GaussianMixture:
         log_normalizer = torch.logsumexp(log_joint, dim=0)
         tilted = GaussianMixture(torch.exp(log_joint - log_normalizer), self.means + lmbda * shift, self.covariances)
         return tilted, float(log_normalizer)
+
+
+def four_modes() -> GaussianMixture:
+    """The demo world: four modes of std 0.5 at (+-2, +-2) in 2-D, weights 0.4, 0.3, 0.2, 0.1 (the CLI's, the
+    README's and the exactness tests')."""
+    return GaussianMixture.isotropic([0.4, 0.3, 0.2, 0.1], [[-2, -2], [2, -2], [-2, 2], [2, 2]], std=0.5)
 
 
 def linear_reward(direction: torch.Tensor | list[float]) -> Callable[[torch.Tensor], torch.Tensor]:
