@@ -170,3 +170,14 @@ def test_bad_sample_arguments_are_clear_errors():
 def test_potential_window_and_lambda_schedule():
     result = run(diffsteer.FK(8, lmbda=lambda progress: 2.0 * progress, start=4, stop=12, interval=4))
     assert [record.index for record in result.trace if record.rewarded] == [4, 8]
+
+
+def test_select_sample_is_distributed_as_the_weighted_population():
+    """Given the final population, each selected sample is a draw from the weights, so the selected samples' mode
+    fractions estimate sum_i W_i P(k | x_i) within 5 binomial standard errors of M draws."""
+    num_outputs = 4000
+    result = run(diffsteer.FK(num_outputs, lmbda=1.5, interval=4, select="sample"), num_outputs=num_outputs)
+    weighted = MIXTURE.mode_weights(result.samples, result.log_weights)
+    drawn = MIXTURE.mode_weights(result.selected)
+    assert torch.all((drawn - weighted).abs() <= 5 * torch.sqrt(weighted * (1 - weighted) / num_outputs))
+    assert len(set(result.selected_indices.tolist())) < num_outputs  # draws with replacement
