@@ -53,9 +53,12 @@ class StepRecord:
         index: the call's position in the scheduler's timesteps.
         timestep: the scheduler's timestep.
         rewarded: whether the reward was evaluated (and potentials applied) at this call.
-        ess: effective sample size of the weights after this call's potentials, before any resampling.
-        resampled: whether the particles were resampled at this call.
+        ess: effective sample size of the weights after this call's potentials, before any resampling (the smallest
+            over groups).
+        resampled: whether the particles (of any group) were resampled at this call.
         ancestors: the ancestor index of each particle after resampling, or None if no resampling happened.
+        group_ess: the ESS of each group.
+        group_resampled: whether each group was resampled.
     """
 
     index: int
@@ -64,6 +67,8 @@ class StepRecord:
     ess: float
     resampled: bool
     ancestors: torch.Tensor | None = None
+    group_ess: tuple[float, ...] = ()
+    group_resampled: tuple[bool, ...] = ()
 
 
 @dataclass

@@ -1,18 +1,15 @@
 """The one sampling loop, for any model callable and diffusers scheduler (no pipeline needed)."""
 
-import math
-import time
 from collections.abc import Callable
 from typing import Any
 
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
+from diffsteer.loop import run_steering
 from diffsteer.methods.fk import FK, BestOfN
-from diffsteer.outputs import CostLedger, SamplingResult, StepRecord
+from diffsteer.outputs import CostLedger, SamplingResult
 from diffsteer.processes.scheduler_process import Model, SchedulerProcess
-from diffsteer.smc.resampling import multinomial, resample
-from diffsteer.smc.weights import ess, log_mean_exp, normalize
 
 
 Reward = Callable[[torch.Tensor], Any]
@@ -80,71 +77,20 @@ def sample(
         dtype=dtype,
     )
     with torch.no_grad():
-        return _run(process, method, reward, ledger, generator, latents, num_outputs)
-
-
-def _run(
-    process: SchedulerProcess,
-    method: Method,
-    reward: Reward,
-    ledger: CostLedger,
-    generator: torch.Generator | None,
-    latents: torch.Tensor | None,
-    num_outputs: int,
-) -> SamplingResult:
-    num_particles = method.num_particles
-    potential = method.make_potential()
-    reward_steps = method.reward_steps(process.num_inference_steps)
-    particles = process.init(num_particles, generator, latents)
-    particles.log_weights = torch.zeros(num_particles, dtype=torch.float64, device=process.device)
-    if potential is not None:
-        particles.potential_state = potential.init_state(num_particles, process.device)
-    trace: list[StepRecord] = []
-
-    for step in process.steps():
-        process.predict(particles, step)
-        rewarded = potential is not None and step.at_boundary and step.full_step in reward_steps
-        resampled, ancestors = False, None
-        if rewarded:
-            rewards = _score(reward, particles.x0_hat, ledger)
-            log_potential, particles.potential_state = potential.step(
-                particles.potential_state, rewards, step.progress
-            )
-            particles.log_weights = _add_log_potential(particles.log_weights, log_potential)
-        current_ess = ess(particles.log_weights)
-        if rewarded and method.should_resample(current_ess, num_particles):
-            process.check_particle_state(num_particles)
-            ancestors = resample(particles.log_weights, num_particles, method.resampling, generator)
-            log_mean = log_mean_exp(particles.log_weights)
-            particles.reindex(ancestors)
-            # Reset to the log-mean, not to zero, so log_mean_exp(log_weights) keeps estimating log Z.
-            particles.log_weights = torch.full_like(particles.log_weights, float(log_mean))
-            resampled = True
-            ledger.resampling_steps += 1
-        trace.append(StepRecord(step.index, float(step.timestep), rewarded, current_ess, resampled, ancestors))
-        process.transition(particles, step, generator)
-
-    samples = particles.latents
-    final_rewards = _score(reward, samples, ledger)
-    log_weights = particles.log_weights
-    if potential is not None:
-        log_weights = _add_log_potential(
-            log_weights, potential.final_correction(particles.potential_state, final_rewards)
+        run = run_steering(
+            process, method, reward, ledger, generator=generator, latents=latents, num_outputs=num_outputs
         )
-    log_normalizer = float(log_mean_exp(log_weights)) if potential is not None else None
-    log_weights = normalize(log_weights)
-    selected_indices = _select(method, log_weights, final_rewards, num_outputs, generator)
-    ledger.stop()
+    selected_indices = run.selected_indices[0]
     return SamplingResult(
-        samples=samples,
-        log_weights=log_weights,
-        rewards=final_rewards,
-        log_normalizer=log_normalizer,
-        selected=samples[selected_indices.to(samples.device)],
+        samples=run.samples,
+        log_weights=run.log_weights[0],
+        rewards=run.rewards[0],
+        log_normalizer=None if run.log_normalizers is None else float(run.log_normalizers[0]),
+        selected=run.samples[selected_indices.to(run.samples.device)],
         selected_indices=selected_indices,
-        trace=trace,
-        cost=ledger,
-        changes=list(process.changes),
+        trace=run.trace,
+        cost=run.cost,
+        changes=run.changes,
     )
 
 
@@ -154,41 +100,3 @@ def _counting(model: Model, ledger: CostLedger) -> Model:
         return model(sample, timestep)
 
     return counted
-
-
-def _score(reward: Reward, batch: torch.Tensor, ledger: CostLedger) -> torch.Tensor:
-    """Call the reward on a batch and check that it returned one finite (or -inf) score per row."""
-    started = time.perf_counter()
-    scores = reward(batch)
-    ledger.add_reward(batch.shape[0], time.perf_counter() - started)
-    scores = torch.as_tensor(scores).detach().to(device=batch.device, dtype=torch.float64)
-    if scores.shape != (batch.shape[0],):
-        raise ValueError(
-            f"The reward must return one score per sample, shape ({batch.shape[0]},), got {tuple(scores.shape)}."
-        )
-    invalid = torch.isnan(scores) | (scores == math.inf)
-    if invalid.any():
-        raise ValueError(
-            f"The reward returned NaN or +inf for samples {invalid.nonzero().flatten().tolist()}; rewards must be "
-            "finite, or -inf to give a sample zero weight."
-        )
-    return scores
-
-
-def _add_log_potential(log_weights: torch.Tensor, log_potential: torch.Tensor) -> torch.Tensor:
-    """Multiply weights by potentials in log space; a particle of zero weight stays at zero (-inf - -inf is NaN)."""
-    return torch.where(torch.isneginf(log_weights), log_weights, log_weights + log_potential)
-
-
-def _select(
-    method: Method,
-    log_weights: torch.Tensor,
-    rewards: torch.Tensor,
-    num_outputs: int,
-    generator: torch.Generator | None,
-) -> torch.Tensor:
-    if method.select == "sample":
-        return multinomial(log_weights, num_outputs, generator)
-    # Particles of zero weight are out of the population, whatever their reward.
-    eligible = torch.where(torch.isneginf(log_weights), -math.inf, rewards)
-    return torch.topk(eligible.cpu(), num_outputs, sorted=True).indices

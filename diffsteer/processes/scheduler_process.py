@@ -1,12 +1,14 @@
 """A steppable diffusion process over any registered diffusers scheduler and a user model callable."""
 
 import inspect
-from collections.abc import Callable, Iterator
+from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
 import torch
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
+from diffusers.utils.torch_utils import randn_tensor
 
 from diffsteer.processes.schedulers import (
     SchedulerSpec,
@@ -18,7 +20,9 @@ from diffsteer.processes.x0 import alpha_bar, flow_sigma, flow_x0, vp_x0
 from diffsteer.smc.particles import Particles
 
 
-Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
+# model(sample, timestep, **conditioning) -> model_output; conditioning holds per-particle tensors, if any.
+Model = Callable[..., torch.Tensor]
+Generators = torch.Generator | list[torch.Generator] | None
 STOCHASTIC_MODES = ("auto", "require", "off")
 
 
@@ -59,6 +63,8 @@ class SchedulerProcess:
             to the stochastic variant and records it in `changes`; `"require"` raises; `"off"` runs the scheduler
             exactly as given.
         device, dtype: where and in which precision samples live.
+        timesteps_kwargs (`dict`, *optional*): custom `timesteps`, `sigmas` or `mu` for `set_timesteps`, as
+            diffusers' `retrieve_timesteps` takes them.
     """
 
     def __init__(
@@ -72,6 +78,7 @@ class SchedulerProcess:
         stochastic: str = "auto",
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
+        timesteps_kwargs: dict[str, Any] | None = None,
     ) -> None:
         if stochastic not in STOCHASTIC_MODES:
             raise ValueError(f"stochastic must be one of {list(STOCHASTIC_MODES)}, got {stochastic!r}.")
@@ -87,7 +94,9 @@ class SchedulerProcess:
             type(scheduler).from_config(scheduler.config), dict(step_kwargs or {}), stochastic
         )
         self.spec: SchedulerSpec = scheduler_spec(self.scheduler)
-        self.scheduler.set_timesteps(num_inference_steps, device=self.device)
+        _, self.num_inference_steps = retrieve_timesteps(
+            self.scheduler, num_inference_steps, self.device, **(timesteps_kwargs or {})
+        )
         parameters = inspect.signature(self.scheduler.step).parameters
         self._step_parameters = set(parameters)
         accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
@@ -122,25 +131,33 @@ class SchedulerProcess:
         raise RuntimeError("The stochastic variant of the scheduler is still deterministic.")
 
     def init(
-        self, num_particles: int, generator: torch.Generator | None = None, latents: torch.Tensor | None = None
+        self,
+        num_particles: int,
+        generator: Generators = None,
+        latents: torch.Tensor | None = None,
+        conditioning: Mapping[str, torch.Tensor] | None = None,
     ) -> Particles:
-        """Initial particles: x_T (given, or drawn from the generator) and the scheduler's per-particle state."""
+        """Initial particles: x_T (given, or drawn as diffusers' `randn_tensor` draws it), the scheduler's
+        per-particle state, per-particle conditioning and, for a list of generators, the generators themselves."""
         shape = (num_particles, *self.shape)
         if latents is None:
-            noise_device = generator.device if generator is not None else self.device
-            latents = torch.randn(shape, generator=generator, device=noise_device, dtype=self.dtype)
-            latents = latents.to(self.device) * getattr(self.scheduler, "init_noise_sigma", 1.0)
+            latents = randn_tensor(shape, generator=generator, device=self.device, dtype=self.dtype)
+            latents = latents * getattr(self.scheduler, "init_noise_sigma", 1.0)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape} (num_particles, *shape), got {tuple(latents.shape)}.")
         else:
             latents = latents.to(device=self.device, dtype=self.dtype)
-        return Particles(
+        particles = Particles(
             num_particles,
             latents=latents,
             model_output=None,
             x0_hat=None,
             scheduler_state=SchedulerState(self.scheduler),
+            conditioning=dict(conditioning or {}),
         )
+        if isinstance(generator, list):
+            particles.generators = list(generator)
+        return particles
 
     def steps(self) -> Iterator[Step]:
         """The model calls of one run, in order. Lazy: `at_boundary` is read off the scheduler's live state."""
@@ -155,7 +172,7 @@ class SchedulerProcess:
         sample = particles.latents
         scale = getattr(self.scheduler, "scale_model_input", None)
         model_input = scale(sample, step.timestep) if scale is not None else sample
-        model_output = self.model(model_input, step.timestep)
+        model_output = self.model(model_input, step.timestep, **particles.conditioning)
         if model_output.shape != sample.shape:
             raise ValueError(
                 f"The model returned shape {tuple(model_output.shape)} for samples of shape {tuple(sample.shape)}; "
@@ -179,10 +196,11 @@ class SchedulerProcess:
                 "with `diffsteer.processes.register_scheduler`."
             )
 
-    def transition(self, particles: Particles, step: Step, generator: torch.Generator | None = None) -> None:
-        """One `scheduler.step` from the current particles; noise comes only from `generator`."""
+    def transition(self, particles: Particles, step: Step, generator: Generators = None) -> None:
+        """One `scheduler.step` from the current particles; noise comes only from `generator` (a list of
+        generators, re-indexed with the particles, gives each particle its own stream)."""
         kwargs = dict(self.step_kwargs)
         if "generator" in self._step_parameters:
-            kwargs["generator"] = generator
+            kwargs["generator"] = particles.generators if isinstance(generator, list) else generator
         output = self.scheduler.step(particles.model_output, step.timestep, particles.latents, **kwargs)
         particles.latents = output.prev_sample

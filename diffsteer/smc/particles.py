@@ -21,7 +21,7 @@ class Reindexable(Protocol):
 def reindex_value(value: Any, indices: torch.Tensor) -> Any:
     """`value` with its particle dimension (dim 0) gathered at `indices`.
 
-    Tensors are indexed; tuples, lists and NamedTuples are reindexed element by element; `None` and non-tensor
+    Tensors are indexed; tuples, lists, dicts and NamedTuples are reindexed element by element; `None` and non-tensor
     leaves (ints, floats, strings) are shared by every particle and returned unchanged; `Reindexable` objects
     reindex themselves in place.
     """
@@ -30,6 +30,8 @@ def reindex_value(value: Any, indices: torch.Tensor) -> Any:
     if isinstance(value, Reindexable):
         value.reindex(indices)
         return value
+    if isinstance(value, dict):
+        return {key: reindex_value(item, indices) for key, item in value.items()}
     if isinstance(value, tuple) and hasattr(value, "_fields"):
         return type(value)(*(reindex_value(item, indices) for item in value))
     if isinstance(value, list | tuple):
@@ -89,6 +91,6 @@ def _check_particle_dim(name: str, value: Any, num_particles: int) -> None:
             f"Field {name!r} must have the particle count {num_particles} as its first dimension, "
             f"got shape {tuple(value.shape)}."
         )
-    if isinstance(value, list | tuple):
-        for item in value:
+    if isinstance(value, list | tuple | dict):
+        for item in value.values() if isinstance(value, dict) else value:
             _check_particle_dim(name, item, num_particles)
