@@ -15,6 +15,8 @@ class CostLedger:
         model_rows: rows passed to the denoiser (a call on N particles counts N).
         reward_calls: calls of the reward.
         reward_rows: rows the reward scored.
+        decode_calls: VAE decoder calls (pipelines decode x0-hat for rewards, in chunks).
+        decode_rows: rows the VAE decoded.
         resampling_steps: steps at which the particles were resampled.
         wall_time_s: wall-clock seconds of the whole run.
         reward_time_s: wall-clock seconds spent inside the reward.
@@ -24,6 +26,8 @@ class CostLedger:
     model_rows: int = 0
     reward_calls: int = 0
     reward_rows: int = 0
+    decode_calls: int = 0
+    decode_rows: int = 0
     resampling_steps: int = 0
     wall_time_s: float = 0.0
     reward_time_s: float = 0.0
@@ -37,6 +41,10 @@ class CostLedger:
         self.reward_calls += 1
         self.reward_rows += rows
         self.reward_time_s += seconds
+
+    def add_decode(self, rows: int) -> None:
+        self.decode_calls += 1
+        self.decode_rows += rows
 
     def stop(self) -> None:
         self.wall_time_s = time.perf_counter() - self._started
@@ -105,8 +113,13 @@ class SamplingResult:
 
     def origins(self) -> torch.Tensor:
         """Index of each final particle's initial particle (x_T), composed through every resampling step."""
-        origin = torch.arange(self.samples.shape[0])
-        for record in reversed(self.trace):
-            if record.ancestors is not None:
-                origin = record.ancestors.cpu()[origin]
-        return origin
+        return origins(self.trace, self.samples.shape[0])
+
+
+def origins(trace: list[StepRecord], num_particles: int) -> torch.Tensor:
+    """Index of each final particle's initial particle, composing the ancestors of every resampling step."""
+    origin = torch.arange(num_particles)
+    for record in reversed(trace):
+        if record.ancestors is not None:
+            origin = record.ancestors.cpu()[origin]
+    return origin

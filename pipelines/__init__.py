@@ -1,5 +1,11 @@
 """Drop-in diffusers steering pipelines (installed as `diffsteer.pipelines`).
 
-The Stable Diffusion, SDXL, SD3 and Flux steering pipelines arrive with the pipelines work; until then this
-subpackage is empty, and `diffsteer.sample` is the entry point.
+Each `<Family>SteeringPipeline` subclasses the diffusers pipeline of its family: same `from_pretrained`, same call,
+plus `reward=` and `method=`.
 """
+
+from diffsteer.pipelines.pipeline_output import SteeringPipelineOutput
+from diffsteer.pipelines.pipeline_stable_diffusion_steering import StableDiffusionSteeringPipeline
+
+
+__all__ = ["StableDiffusionSteeringPipeline", "SteeringPipelineOutput"]

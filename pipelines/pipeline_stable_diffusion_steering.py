@@ -1,0 +1,170 @@
+"""Stable Diffusion 1.x/2.x with inference-time steering: a drop-in `StableDiffusionPipeline`."""
+
+from typing import Any
+
+import torch
+from diffusers import StableDiffusionPipeline
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
+
+from diffsteer.methods import FK, BestOfN
+from diffsteer.outputs import CostLedger
+from diffsteer.pipelines.steering import FamilySetup, ImageReward, SteeringMixin
+
+
+class StableDiffusionSteeringPipeline(SteeringMixin, StableDiffusionPipeline):
+    """`StableDiffusionPipeline` plus `reward=` and `method=`.
+
+    Loads, saves and offloads exactly like its parent. Called with `method=None` (the default) it *is* the parent
+    pipeline; with a method, each prompt gets its own group of `method.num_particles` particles, denoised through
+    the same UNet calls as the parent (classifier-free guidance included), weighted by the reward of their x0-hat
+    decoded through the VAE, and resampled within the group.
+
+    Examples:
+
+    ```py
+    >>> import diffsteer
+    >>> from diffsteer.pipelines import StableDiffusionSteeringPipeline
+
+    >>> pipe = StableDiffusionSteeringPipeline.from_pretrained("stable-diffusion-v1-5/stable-diffusion-v1-5")
+    >>> out = pipe("a red cube left of a blue ball", reward=my_reward, method=diffsteer.FK(num_particles=8, lmbda=10.0,
+    ...            interval=10), num_inference_steps=50)
+    >>> out.images[0]       # the best of the 8 particles; out.particles has them all, out.cost what it took
+    ```
+    """
+
+    _steering_parent = StableDiffusionPipeline
+
+    def __call__(
+        self,
+        *args: Any,
+        reward: ImageReward | None = None,
+        method: FK | BestOfN | None = None,
+        decode_batch_size: int = 8,
+        stochastic: str = "auto",
+        **kwargs: Any,
+    ) -> Any:
+        """The parent's call (same positional and keyword arguments) plus:
+
+        Args:
+            reward (`Callable`, *optional*): `reward(images, prompts) -> N scores`, images float in [0, 1] of shape
+                (N, 3, H, W), higher is better.
+            method (`diffsteer.FK` or `diffsteer.BestOfN`, *optional*): `None` runs the parent pipeline unchanged.
+            decode_batch_size (`int`, defaults to 8): rows decoded and scored at a time.
+            stochastic (`str`, defaults to `"auto"`): `"auto"` switches a deterministic scheduler (DDIM with
+                `eta=0`, ...) to its stochastic variant for FK and reports it in `changes`; `"require"` raises;
+                `"off"` runs the scheduler as given.
+
+        Returns:
+            [`~diffsteer.pipelines.SteeringPipelineOutput`] with a method, else the parent's output.
+        """
+        with torch.no_grad():
+            return self._steering_call(args, kwargs, reward, method, decode_batch_size, stochastic)
+
+    def _steering_setup(self, call: dict[str, Any], num_particles: int, ledger: CostLedger) -> FamilySetup:
+        """The parent's steps 0-6 (sizes, input checks, prompt encoding, latents, step kwargs) for
+        num_prompts x num_particles rows, and its guided UNet call as the model."""
+        if call["ip_adapter_image"] is not None or call["ip_adapter_image_embeds"] is not None:
+            raise ValueError("IP-Adapter inputs are not supported with a steering method yet; pass method=None.")
+        height = call["height"] or self.unet.config.sample_size * self.vae_scale_factor
+        width = call["width"] or self.unet.config.sample_size * self.vae_scale_factor
+        prompt, negative_prompt = call["prompt"], call["negative_prompt"]
+        self.check_inputs(
+            prompt,
+            height,
+            width,
+            None,
+            negative_prompt,
+            call["prompt_embeds"],
+            call["negative_prompt_embeds"],
+            None,
+            None,
+            call["callback_on_step_end_tensor_inputs"],
+        )
+        self._guidance_scale = call["guidance_scale"]
+        self._guidance_rescale = call["guidance_rescale"]
+        self._clip_skip = call["clip_skip"]
+        self._cross_attention_kwargs = call["cross_attention_kwargs"]
+        self._interrupt = False
+        prompts = _prompt_list(prompt, call["prompt_embeds"])
+        device = self._execution_device
+        lora_scale = (self.cross_attention_kwargs or {}).get("scale")
+        prompt_embeds, negative_prompt_embeds = self.encode_prompt(
+            prompt,
+            device,
+            num_particles,
+            self.do_classifier_free_guidance,
+            negative_prompt,
+            prompt_embeds=call["prompt_embeds"],
+            negative_prompt_embeds=call["negative_prompt_embeds"],
+            lora_scale=lora_scale,
+            clip_skip=self.clip_skip,
+        )
+        rows = len(prompts) * num_particles
+        latents = self.prepare_latents(
+            rows,
+            self.unet.config.in_channels,
+            height,
+            width,
+            prompt_embeds.dtype,
+            device,
+            call["generator"],
+            call["latents"],
+        )
+        timestep_cond = None
+        if self.unet.config.time_cond_proj_dim is not None:
+            guidance = torch.tensor(self.guidance_scale - 1).repeat(rows)
+            timestep_cond = self.get_guidance_scale_embedding(
+                guidance, embedding_dim=self.unet.config.time_cond_proj_dim
+            ).to(device=device, dtype=latents.dtype)
+        conditioning = {"prompt_embeds": prompt_embeds}
+        if self.do_classifier_free_guidance:
+            conditioning["negative_prompt_embeds"] = negative_prompt_embeds
+
+        def model(
+            sample: torch.Tensor,
+            timestep: torch.Tensor,
+            prompt_embeds: torch.Tensor,
+            negative_prompt_embeds: torch.Tensor | None = None,
+        ) -> torch.Tensor:
+            cfg = negative_prompt_embeds is not None
+            model_input = torch.cat([sample] * 2) if cfg else sample
+            embeds = torch.cat([negative_prompt_embeds, prompt_embeds]) if cfg else prompt_embeds
+            ledger.add_model(model_input.shape[0])
+            noise_pred = self.unet(
+                model_input,
+                timestep,
+                encoder_hidden_states=embeds,
+                timestep_cond=timestep_cond,
+                cross_attention_kwargs=self.cross_attention_kwargs,
+                return_dict=False,
+            )[0]
+            if cfg:
+                noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
+                noise_pred = noise_pred_uncond + self.guidance_scale * (noise_pred_text - noise_pred_uncond)
+                if self.guidance_rescale > 0.0:
+                    noise_pred = rescale_noise_cfg(noise_pred, noise_pred_text, guidance_rescale=self.guidance_rescale)
+            return noise_pred
+
+        def decode(latents: torch.Tensor) -> torch.Tensor:
+            return self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+
+        step_kwargs = self.prepare_extra_step_kwargs(None, call["eta"])
+        step_kwargs.pop("generator", None)  # the engine passes the generators itself
+        return FamilySetup(
+            model=model,
+            latents=latents,
+            conditioning=conditioning,
+            prompts=prompts,
+            decode=decode,
+            step_kwargs=step_kwargs,
+            timesteps_kwargs={"timesteps": call["timesteps"], "sigmas": call["sigmas"]},
+        )
+
+
+def _prompt_list(prompt: str | list[str] | None, prompt_embeds: torch.Tensor | None) -> list[str]:
+    """One string per prompt group (empty strings when only embeddings were given)."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if prompt is not None:
+        return list(prompt)
+    return [""] * prompt_embeds.shape[0]

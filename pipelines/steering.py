@@ -1,0 +1,221 @@
+"""The steering engine shared by every pipeline family: written once, used by each `<Family>SteeringPipeline`.
+
+A family contributes one method, `_steering_setup`, that reuses its parent's own preparation (`check_inputs`,
+`encode_prompt`, `prepare_latents`, ...) and returns a `FamilySetup`: the guided denoiser as a
+`model(sample, timestep, **conditioning)` callable, the initial latents, the per-particle conditioning (re-indexed
+with the particles), and how to decode latents. The engine runs `diffsteer.loop.run_steering` with one particle
+group per prompt, scores x0-hat through the VAE in chunks, and assembles a `SteeringPipelineOutput`.
+"""
+
+import inspect
+from collections.abc import Callable, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import torch
+
+from diffsteer.loop import run_steering
+from diffsteer.methods import FK, BestOfN
+from diffsteer.outputs import CostLedger
+from diffsteer.pipelines.pipeline_output import SteeringPipelineOutput
+from diffsteer.processes.scheduler_process import STOCHASTIC_MODES, SchedulerProcess, Step
+from diffsteer.smc.particles import Particles
+
+
+ImageReward = Callable[[torch.Tensor, Sequence[str]], Any]
+
+
+@dataclass
+class FamilySetup:
+    """What a family's preparation hands to the engine.
+
+    Attributes:
+        model: the guided denoiser `model(sample, timestep, **conditioning)`; it counts its rows in the ledger.
+        latents: initial latents, shape (num_prompts * num_particles, *shape), prompt-major.
+        conditioning: per-particle tensors (leading dimension num_prompts * num_particles).
+        prompts: one string per prompt group (for rewards that read the prompt).
+        decode: latents -> images in [-1, 1], shape (n, 3, H, W).
+        step_kwargs: extra `scheduler.step` arguments (for example `eta`).
+        timesteps_kwargs: custom `timesteps`, `sigmas` or `mu` for the scheduler.
+        callback_tensors: names the parent's `callback_on_step_end` may ask for, mapped to particle fields.
+    """
+
+    model: Callable[..., torch.Tensor]
+    latents: torch.Tensor
+    conditioning: dict[str, torch.Tensor]
+    prompts: list[str]
+    decode: Callable[[torch.Tensor], torch.Tensor]
+    step_kwargs: dict[str, Any] = field(default_factory=dict)
+    timesteps_kwargs: dict[str, Any] = field(default_factory=dict)
+
+
+class SteeringMixin:
+    """Adds `reward=`, `method=`, `decode_batch_size=` and `stochastic=` to a diffusers pipeline's call."""
+
+    _steering_parent: type
+
+    def _steering_setup(self, call: dict[str, Any], num_particles: int, ledger: CostLedger) -> FamilySetup:
+        raise NotImplementedError
+
+    def _steering_call(
+        self,
+        args: tuple,
+        kwargs: dict[str, Any],
+        reward: ImageReward | None,
+        method: FK | BestOfN | None,
+        decode_batch_size: int,
+        stochastic: str,
+    ) -> Any:
+        parent_call = self._steering_parent.__call__
+        if method is None:
+            if reward is not None:
+                raise ValueError("reward= is only used with a method=; pass method=diffsteer.FK(...) or BestOfN(...).")
+            return parent_call(self, *args, **kwargs)
+        call = inspect.signature(parent_call).bind(self, *args, **kwargs)
+        call.apply_defaults()
+        call = dict(call.arguments)
+        call.pop("self")
+        _check_steering_inputs(call, reward, method, decode_batch_size, stochastic)
+
+        ledger = CostLedger()
+        setup = self._steering_setup(call, method.num_particles, ledger)
+        num_prompts = len(setup.prompts)
+        if not method.requires_stochastic and stochastic == "auto":
+            stochastic = "off"
+        process = SchedulerProcess(
+            setup.model,
+            self.scheduler,
+            shape=tuple(setup.latents.shape[1:]),
+            num_inference_steps=call["num_inference_steps"],
+            step_kwargs=setup.step_kwargs,
+            stochastic=stochastic,
+            device=setup.latents.device,
+            dtype=setup.latents.dtype,
+            timesteps_kwargs=setup.timesteps_kwargs,
+        )
+        scorer = _ChunkedScorer(setup, reward, method.num_particles, decode_batch_size, ledger)
+        with self.progress_bar(total=len(process.scheduler.timesteps)) as progress_bar:
+            on_step_end = self._steering_callback(call, progress_bar)
+            run = run_steering(
+                process,
+                method,
+                scorer,
+                ledger,
+                num_groups=num_prompts,
+                generator=call["generator"],
+                latents=setup.latents,
+                conditioning=setup.conditioning,
+                num_outputs=call["num_images_per_prompt"] or 1,
+                on_step_end=on_step_end,
+            )
+        output_type = call["output_type"]
+        selected = run.selected_indices.flatten()
+        if output_type == "latent":
+            images, particles, nsfw = run.samples[selected], run.samples, None
+        else:
+            decoded = setup.decode(run.samples[selected])
+            ledger.add_decode(decoded.shape[0])
+            images, nsfw = self._steering_postprocess(decoded, output_type, setup)
+            particles, _ = self._steering_postprocess(scorer.last_decoded, output_type, setup, safety=False)
+        self.maybe_free_model_hooks()
+        ledger.stop()
+        output = SteeringPipelineOutput(
+            images=images,
+            nsfw_content_detected=nsfw,
+            particles=particles,
+            rewards=run.rewards,
+            log_weights=run.log_weights,
+            log_normalizers=run.log_normalizers,
+            selected_indices=run.selected_indices,
+            trace=run.trace,
+            cost=ledger,
+            changes=run.changes,
+        )
+        return output if call["return_dict"] else (images, nsfw)
+
+    def _steering_postprocess(
+        self, images: torch.Tensor, output_type: str, setup: FamilySetup, safety: bool = True
+    ) -> tuple[Any, list[bool] | None]:
+        """The parent's postprocessing, with its safety checker where it has one."""
+        nsfw = None
+        if safety and getattr(self, "safety_checker", None) is not None:
+            images, nsfw = self.run_safety_checker(images, images.device, images.dtype)
+        denormalize = [True] * images.shape[0] if nsfw is None else [not flagged for flagged in nsfw]
+        return self.image_processor.postprocess(images, output_type=output_type, do_denormalize=denormalize), nsfw
+
+    def _steering_callback(self, call: dict[str, Any], progress_bar: Any) -> Callable[[Step, Particles], None]:
+        """Progress, and the parent's `callback_on_step_end` with the particles' latents and conditioning."""
+        callback = call.get("callback_on_step_end")
+        names = call.get("callback_on_step_end_tensor_inputs") or ["latents"]
+
+        def on_step_end(step: Step, particles: Particles) -> None:
+            if callback is not None:
+                fields = {"latents": particles.latents, **particles.conditioning}
+                outputs = callback(self, step.index, step.timestep, {name: fields[name] for name in names})
+                if "latents" in outputs:
+                    particles.latents = outputs.pop("latents")
+                conditioning = dict(particles.conditioning)
+                conditioning.update({name: value for name, value in outputs.items() if name in conditioning})
+                particles.conditioning = conditioning
+            progress_bar.update()
+
+        return on_step_end
+
+
+class _ChunkedScorer:
+    """The loop's reward: decodes latents through the VAE and scores them, `decode_batch_size` rows at a time, so
+    memory beyond the latents grows with the chunk, not with the number of particles."""
+
+    def __init__(
+        self,
+        setup: FamilySetup,
+        reward: ImageReward,
+        num_particles: int,
+        decode_batch_size: int,
+        ledger: CostLedger,
+    ) -> None:
+        self.setup, self.reward, self.num_particles = setup, reward, num_particles
+        self.decode_batch_size, self.ledger = decode_batch_size, ledger
+        self.last_decoded: torch.Tensor | None = None
+
+    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        scores, decoded = [], []
+        for start in range(0, latents.shape[0], self.decode_batch_size):
+            chunk = latents[start : start + self.decode_batch_size]
+            images = self.setup.decode(chunk)
+            self.ledger.add_decode(chunk.shape[0])
+            prompts = [self.setup.prompts[row // self.num_particles] for row in range(start, start + chunk.shape[0])]
+            chunk_scores = torch.as_tensor(self.reward((images / 2 + 0.5).clamp(0, 1), prompts)).flatten()
+            if chunk_scores.shape != (chunk.shape[0],):
+                raise ValueError(
+                    f"The reward must return one score per image: it got {chunk.shape[0]} images and returned "
+                    f"shape {tuple(torch.as_tensor(chunk_scores).shape)}."
+                )
+            scores.append(chunk_scores.to(torch.float64).cpu())
+            decoded.append(images.cpu())
+        self.last_decoded = torch.cat(decoded)
+        return torch.cat(scores)
+
+
+def _check_steering_inputs(
+    call: dict[str, Any], reward: Any, method: Any, decode_batch_size: Any, stochastic: Any
+) -> None:
+    if not isinstance(method, FK | BestOfN):
+        raise ValueError(f"method must be diffsteer.FK(...), diffsteer.BestOfN(...) or None, got {method!r}.")
+    if isinstance(reward, str):
+        raise ValueError(
+            f"Unknown reward {reward!r}: pass a callable reward(images, prompts) -> scores (images float in [0, 1], "
+            "shape (N, 3, H, W)); rewards by name arrive with the diffsteer.rewards registry."
+        )
+    if not callable(reward):
+        raise ValueError(f"reward must be a callable reward(images, prompts) -> scores, got {reward!r}.")
+    if isinstance(decode_batch_size, bool) or not isinstance(decode_batch_size, int) or decode_batch_size < 1:
+        raise ValueError(f"decode_batch_size must be a positive integer, got {decode_batch_size!r}.")
+    if stochastic not in STOCHASTIC_MODES:
+        raise ValueError(f"stochastic must be one of {list(STOCHASTIC_MODES)}, got {stochastic!r}.")
+    per_prompt = call.get("num_images_per_prompt") or 1
+    if per_prompt > method.num_particles:
+        raise ValueError(
+            f"num_images_per_prompt={per_prompt} exceeds the method's num_particles={method.num_particles}: each "
+            "prompt's images are selected from its particles, so raise num_particles."
+        )
