@@ -6,6 +6,11 @@ plus `reward=` and `method=`.
 
 from diffsteer.pipelines.pipeline_output import SteeringPipelineOutput
 from diffsteer.pipelines.pipeline_stable_diffusion_steering import StableDiffusionSteeringPipeline
+from diffsteer.pipelines.pipeline_stable_diffusion_xl_steering import StableDiffusionXLSteeringPipeline
 
 
-__all__ = ["StableDiffusionSteeringPipeline", "SteeringPipelineOutput"]
+__all__ = [
+    "StableDiffusionSteeringPipeline",
+    "StableDiffusionXLSteeringPipeline",
+    "SteeringPipelineOutput",
+]

@@ -4,11 +4,14 @@ from typing import Any
 
 import torch
 from diffusers import StableDiffusionPipeline
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
-from diffsteer.methods import FK, BestOfN
 from diffsteer.outputs import CostLedger
-from diffsteer.pipelines.steering import FamilySetup, ImageReward, SteeringMixin
+from diffsteer.pipelines.steering import (
+    FamilySetup,
+    SteeringMixin,
+    classifier_free_guidance,
+    prompt_list,
+)
 
 
 class StableDiffusionSteeringPipeline(SteeringMixin, StableDiffusionPipeline):
@@ -33,32 +36,6 @@ class StableDiffusionSteeringPipeline(SteeringMixin, StableDiffusionPipeline):
     """
 
     _steering_parent = StableDiffusionPipeline
-
-    def __call__(
-        self,
-        *args: Any,
-        reward: ImageReward | None = None,
-        method: FK | BestOfN | None = None,
-        decode_batch_size: int = 8,
-        stochastic: str = "auto",
-        **kwargs: Any,
-    ) -> Any:
-        """The parent's call (same positional and keyword arguments) plus:
-
-        Args:
-            reward (`Callable`, *optional*): `reward(images, prompts) -> N scores`, images float in [0, 1] of shape
-                (N, 3, H, W), higher is better.
-            method (`diffsteer.FK` or `diffsteer.BestOfN`, *optional*): `None` runs the parent pipeline unchanged.
-            decode_batch_size (`int`, defaults to 8): rows decoded and scored at a time.
-            stochastic (`str`, defaults to `"auto"`): `"auto"` switches a deterministic scheduler (DDIM with
-                `eta=0`, ...) to its stochastic variant for FK and reports it in `changes`; `"require"` raises;
-                `"off"` runs the scheduler as given.
-
-        Returns:
-            [`~diffsteer.pipelines.SteeringPipelineOutput`] with a method, else the parent's output.
-        """
-        with torch.no_grad():
-            return self._steering_call(args, kwargs, reward, method, decode_batch_size, stochastic)
 
     def _steering_setup(self, call: dict[str, Any], num_particles: int, ledger: CostLedger) -> FamilySetup:
         """The parent's steps 0-6 (sizes, input checks, prompt encoding, latents, step kwargs) for
@@ -85,7 +62,7 @@ class StableDiffusionSteeringPipeline(SteeringMixin, StableDiffusionPipeline):
         self._clip_skip = call["clip_skip"]
         self._cross_attention_kwargs = call["cross_attention_kwargs"]
         self._interrupt = False
-        prompts = _prompt_list(prompt, call["prompt_embeds"])
+        prompts = prompt_list(prompt, call["prompt_embeds"])
         device = self._execution_device
         lora_scale = (self.cross_attention_kwargs or {}).get("scale")
         prompt_embeds, negative_prompt_embeds = self.encode_prompt(
@@ -139,10 +116,7 @@ class StableDiffusionSteeringPipeline(SteeringMixin, StableDiffusionPipeline):
                 return_dict=False,
             )[0]
             if cfg:
-                noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
-                noise_pred = noise_pred_uncond + self.guidance_scale * (noise_pred_text - noise_pred_uncond)
-                if self.guidance_rescale > 0.0:
-                    noise_pred = rescale_noise_cfg(noise_pred, noise_pred_text, guidance_rescale=self.guidance_rescale)
+                noise_pred = classifier_free_guidance(noise_pred, self.guidance_scale, self.guidance_rescale)
             return noise_pred
 
         def decode(latents: torch.Tensor) -> torch.Tensor:
@@ -159,12 +133,3 @@ class StableDiffusionSteeringPipeline(SteeringMixin, StableDiffusionPipeline):
             step_kwargs=step_kwargs,
             timesteps_kwargs={"timesteps": call["timesteps"], "sigmas": call["sigmas"]},
         )
-
-
-def _prompt_list(prompt: str | list[str] | None, prompt_embeds: torch.Tensor | None) -> list[str]:
-    """One string per prompt group (empty strings when only embeddings were given)."""
-    if isinstance(prompt, str):
-        return [prompt]
-    if prompt is not None:
-        return list(prompt)
-    return [""] * prompt_embeds.shape[0]

@@ -13,6 +13,7 @@ from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
 from diffsteer.loop import run_steering
 from diffsteer.methods import FK, BestOfN
@@ -37,7 +38,7 @@ class FamilySetup:
         decode: latents -> images in [-1, 1], shape (n, 3, H, W).
         step_kwargs: extra `scheduler.step` arguments (for example `eta`).
         timesteps_kwargs: custom `timesteps`, `sigmas` or `mu` for the scheduler.
-        callback_tensors: names the parent's `callback_on_step_end` may ask for, mapped to particle fields.
+        finish: called when the run ends, even by an error (for example to cast an upcast VAE back).
     """
 
     model: Callable[..., torch.Tensor]
@@ -47,12 +48,57 @@ class FamilySetup:
     decode: Callable[[torch.Tensor], torch.Tensor]
     step_kwargs: dict[str, Any] = field(default_factory=dict)
     timesteps_kwargs: dict[str, Any] = field(default_factory=dict)
+    finish: Callable[[], None] | None = None
+
+
+def classifier_free_guidance(noise_pred: torch.Tensor, guidance_scale: float, guidance_rescale: float) -> torch.Tensor:
+    """Combine a [unconditional; conditional] batch the way diffusers' pipelines do (with optional rescale)."""
+    noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
+    guided = noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
+    if guidance_rescale > 0.0:
+        guided = rescale_noise_cfg(guided, noise_pred_text, guidance_rescale=guidance_rescale)
+    return guided
+
+
+def prompt_list(prompt: str | list[str] | None, prompt_embeds: torch.Tensor | None) -> list[str]:
+    """One string per prompt group (empty strings when only embeddings were given)."""
+    if isinstance(prompt, str):
+        return [prompt]
+    if prompt is not None:
+        return list(prompt)
+    return [""] * prompt_embeds.shape[0]
 
 
 class SteeringMixin:
     """Adds `reward=`, `method=`, `decode_batch_size=` and `stochastic=` to a diffusers pipeline's call."""
 
     _steering_parent: type
+
+    def __call__(
+        self,
+        *args: Any,
+        reward: ImageReward | None = None,
+        method: FK | BestOfN | None = None,
+        decode_batch_size: int = 8,
+        stochastic: str = "auto",
+        **kwargs: Any,
+    ) -> Any:
+        """The parent pipeline's call (same positional and keyword arguments) plus:
+
+        Args:
+            reward (`Callable`, *optional*): `reward(images, prompts) -> N scores`, images float in [0, 1] of shape
+                (N, 3, H, W), higher is better.
+            method (`diffsteer.FK` or `diffsteer.BestOfN`, *optional*): `None` runs the parent pipeline unchanged.
+            decode_batch_size (`int`, defaults to 8): rows decoded and scored at a time.
+            stochastic (`str`, defaults to `"auto"`): `"auto"` switches a deterministic scheduler (DDIM with
+                `eta=0`, ...) to its stochastic variant for FK and reports it in `changes`; `"require"` raises;
+                `"off"` runs the scheduler as given.
+
+        Returns:
+            [`~diffsteer.pipelines.SteeringPipelineOutput`] with a method, else the parent's output.
+        """
+        with torch.no_grad():
+            return self._steering_call(args, kwargs, reward, method, decode_batch_size, stochastic)
 
     def _steering_setup(self, call: dict[str, Any], num_particles: int, ledger: CostLedger) -> FamilySetup:
         raise NotImplementedError
@@ -79,6 +125,22 @@ class SteeringMixin:
 
         ledger = CostLedger()
         setup = self._steering_setup(call, method.num_particles, ledger)
+        try:
+            return self._steer(call, setup, reward, method, decode_batch_size, stochastic, ledger)
+        finally:
+            if setup.finish is not None:
+                setup.finish()
+
+    def _steer(
+        self,
+        call: dict[str, Any],
+        setup: FamilySetup,
+        reward: ImageReward,
+        method: FK | BestOfN,
+        decode_batch_size: int,
+        stochastic: str,
+        ledger: CostLedger,
+    ) -> Any:
         num_prompts = len(setup.prompts)
         if not method.requires_stochastic and stochastic == "auto":
             stochastic = "off"
@@ -140,6 +202,8 @@ class SteeringMixin:
         nsfw = None
         if safety and getattr(self, "safety_checker", None) is not None:
             images, nsfw = self.run_safety_checker(images, images.device, images.dtype)
+        if getattr(self, "watermark", None) is not None:
+            images = self.watermark.apply_watermark(images)
         denormalize = [True] * images.shape[0] if nsfw is None else [not flagged for flagged in nsfw]
         return self.image_processor.postprocess(images, output_type=output_type, do_denormalize=denormalize), nsfw
 

@@ -1,46 +1,98 @@
-"""StableDiffusionSteeringPipeline on tiny seeded components, offline, with real prompt strings."""
+"""Every steering pipeline family on tiny seeded components, offline, with real prompt strings."""
 
 import math
 from pathlib import Path
 
 import pytest
 import torch
-from diffusers import DiffusionPipeline, DPMSolverMultistepScheduler, StableDiffusionPipeline
+from diffusers import (
+    DiffusionPipeline,
+    DPMSolverMultistepScheduler,
+    StableDiffusionPipeline,
+    StableDiffusionXLPipeline,
+)
 
 import diffsteer
-from diffsteer.pipelines import StableDiffusionSteeringPipeline, SteeringPipelineOutput
+from diffsteer.pipelines import (
+    StableDiffusionSteeringPipeline,
+    StableDiffusionXLSteeringPipeline,
+    SteeringPipelineOutput,
+)
 
-from .tiny.components import sd_components
+from .tiny.components import sd_components, sdxl_components
 
 
 PROMPTS = ["a photo of a red cat", "two blue squares"]
-CALL = {"num_inference_steps": 4, "height": 32, "width": 32, "output_type": "pt"}
-PIPELINE_FILE = Path(diffsteer.pipelines.__file__).parent / "pipeline_stable_diffusion_steering.py"
+BASE_CALL = {"num_inference_steps": 4, "height": 32, "width": 32, "output_type": "pt"}
+PIPELINES = Path(diffsteer.pipelines.__file__).parent
+
+
+class Family:
+    def __init__(self, parent, steering, components, file, latent_shape, scheduler, conditioning_name, **call):
+        self.parent, self.steering, self.components, self.file = parent, steering, components, PIPELINES / file
+        self.latent_shape, self.deterministic_scheduler = latent_shape, scheduler
+        self.conditioning_name = conditioning_name
+        self.call = {**BASE_CALL, **call}
+
+
+FAMILIES = {
+    "sd": Family(
+        StableDiffusionPipeline,
+        StableDiffusionSteeringPipeline,
+        sd_components,
+        "pipeline_stable_diffusion_steering.py",
+        (4, 16, 16),
+        DPMSolverMultistepScheduler,
+        "prompt_embeds",
+    ),
+    "sdxl": Family(
+        StableDiffusionXLPipeline,
+        StableDiffusionXLSteeringPipeline,
+        sdxl_components,
+        "pipeline_stable_diffusion_xl_steering.py",
+        (4, 16, 16),
+        DPMSolverMultistepScheduler,
+        "add_text_embeds",
+    ),
+}
 
 
 def redness(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
     return images[:, 0].mean((1, 2)) - images[:, 1:].mean((1, 2, 3))
 
 
+@pytest.fixture(scope="module", params=sorted(FAMILIES))
+def family(request) -> Family:
+    return FAMILIES[request.param]
+
+
 @pytest.fixture(scope="module")
-def parent() -> StableDiffusionPipeline:
-    pipe = StableDiffusionPipeline(**sd_components(), requires_safety_checker=False)
+def parent(family):
+    cls = family.parent
+    expected = set(cls._get_signature_keys(cls)[0]) | set(cls._get_signature_keys(cls)[1])
+    pipe = cls(**{name: value for name, value in family.components().items() if name in expected})
     pipe.set_progress_bar_config(disable=True)
     return pipe
 
 
 @pytest.fixture(scope="module")
-def pipe(parent) -> StableDiffusionSteeringPipeline:
-    steering = StableDiffusionSteeringPipeline.from_pipe(parent)
+def pipe(family, parent):
+    steering = family.steering.from_pipe(parent)
     steering.set_progress_bar_config(disable=True)
     return steering
 
 
-def test_from_pipe_shares_the_components(parent, pipe):
-    assert type(pipe) is StableDiffusionSteeringPipeline and pipe.unet is parent.unet and pipe.vae is parent.vae
+@pytest.fixture(scope="module")
+def CALL(family) -> dict:
+    return family.call
 
 
-def test_no_method_and_best_of_one_reproduce_the_parent_bit_for_bit(parent, pipe):
+def test_from_pipe_shares_the_components(family, parent, pipe):
+    assert type(pipe) is family.steering
+    assert all(getattr(pipe, name) is component for name, component in parent.components.items())
+
+
+def test_no_method_and_best_of_one_reproduce_the_parent_bit_for_bit(parent, pipe, CALL):
     expected = parent(PROMPTS, generator=torch.Generator().manual_seed(0), **CALL).images
     plain = pipe(PROMPTS, generator=torch.Generator().manual_seed(0), **CALL)
     assert not isinstance(plain, SteeringPipelineOutput) and torch.equal(plain.images, expected)
@@ -51,7 +103,7 @@ def test_no_method_and_best_of_one_reproduce_the_parent_bit_for_bit(parent, pipe
     assert best_of_one.changes == []
 
 
-def test_best_of_n_particles_are_the_parents_images_per_prompt(parent, pipe):
+def test_best_of_n_particles_are_the_parents_images_per_prompt(parent, pipe, CALL):
     expected = parent(PROMPTS, generator=torch.Generator().manual_seed(1), num_images_per_prompt=3, **CALL).images
     out = pipe(
         PROMPTS, generator=torch.Generator().manual_seed(1), reward=redness, method=diffsteer.BestOfN(3), **CALL
@@ -61,7 +113,7 @@ def test_best_of_n_particles_are_the_parents_images_per_prompt(parent, pipe):
     assert torch.equal(out.images, expected[torch.arange(2) * 3 + best])
 
 
-def test_fk_raises_the_reward_over_plain_sampling(parent, pipe):
+def test_fk_raises_the_reward_over_plain_sampling(parent, pipe, CALL):
     """Across 6 seeds and 2 prompts, FK(16) with a redness reward beats plain samples by more than 3 standard
     errors of the paired difference (measured: 5.1; the tiny random UNet's images vary little)."""
     differences = []
@@ -80,13 +132,13 @@ def test_fk_raises_the_reward_over_plain_sampling(parent, pipe):
     assert differences.mean() > 3 * standard_error, (differences.mean(), standard_error)
 
 
-def test_resampling_copies_whole_trajectories_and_never_crosses_prompts(parent, pipe):
+def test_resampling_copies_whole_trajectories_and_never_crosses_prompts(family, parent, pipe, CALL):
     """Deterministic multistep scheduler, multinomial resampling at every step: every output equals, bit for bit,
     the plain output of its ancestor's initial latent under its own prompt; ancestors stay within their prompt."""
     num_particles = 6
-    pipe.scheduler = DPMSolverMultistepScheduler.from_config(parent.scheduler.config)
+    pipe.scheduler = family.deterministic_scheduler.from_config(parent.scheduler.config)
     try:
-        x_T = torch.randn(2 * num_particles, 4, 16, 16, generator=torch.Generator().manual_seed(3))
+        x_T = torch.randn(2 * num_particles, *family.latent_shape, generator=torch.Generator().manual_seed(3))
         steered = pipe(
             PROMPTS,
             latents=x_T,
@@ -105,7 +157,7 @@ def test_resampling_copies_whole_trajectories_and_never_crosses_prompts(parent, 
         pipe.scheduler = parent.scheduler
 
 
-def test_many_particles_in_small_decode_chunks_and_the_ledger(pipe):
+def test_many_particles_in_small_decode_chunks_and_the_ledger(pipe, CALL):
     out = pipe(
         PROMPTS[:1],
         generator=torch.Generator().manual_seed(0),
@@ -123,27 +175,27 @@ def test_many_particles_in_small_decode_chunks_and_the_ledger(pipe):
     assert "eta was set to 1.0" in out.changes[0]
 
 
-def test_save_load_and_custom_pipeline(pipe, tmp_path):
+def test_save_load_and_custom_pipeline(family, pipe, CALL, tmp_path):
     pipe.save_pretrained(tmp_path)
-    loaded = StableDiffusionSteeringPipeline.from_pretrained(tmp_path)
+    loaded = family.steering.from_pretrained(tmp_path)
     loaded.set_progress_bar_config(disable=True)
     common = dict(generator=torch.Generator().manual_seed(2), reward=redness, method=diffsteer.FK(3), **CALL)
     reference = pipe(PROMPTS, **common).images
     common["generator"] = torch.Generator().manual_seed(2)
     assert torch.equal(loaded(PROMPTS, **common).images, reference)
 
-    custom = DiffusionPipeline.from_pretrained(tmp_path, custom_pipeline=str(PIPELINE_FILE), trust_remote_code=True)
-    assert type(custom).__name__ == "StableDiffusionSteeringPipeline"
+    custom = DiffusionPipeline.from_pretrained(tmp_path, custom_pipeline=str(family.file), trust_remote_code=True)
+    assert type(custom).__name__ == family.steering.__name__
     custom.set_progress_bar_config(disable=True)
     common["generator"] = torch.Generator().manual_seed(2)
     assert torch.equal(custom(PROMPTS, **common).images, reference)
 
 
-def test_callback_on_step_end_sees_and_edits_the_particles(pipe):
+def test_callback_on_step_end_sees_and_edits_the_particles(family, pipe, CALL):
     seen = []
 
     def callback(pipeline, step, timestep, tensors):
-        seen.append((step, tensors["latents"].shape, tensors["prompt_embeds"].shape[0]))
+        seen.append((step, tensors["latents"].shape, tensors[family.conditioning_name].shape[0]))
         return {"latents": tensors["latents"] * 0}
 
     out = pipe(
@@ -152,13 +204,10 @@ def test_callback_on_step_end_sees_and_edits_the_particles(pipe):
         reward=redness,
         method=diffsteer.FK(4),
         callback_on_step_end=callback,
-        callback_on_step_end_tensor_inputs=["latents", "prompt_embeds"],
-        output_type="latent",
-        num_inference_steps=3,
-        height=32,
-        width=32,
+        callback_on_step_end_tensor_inputs=["latents", family.conditioning_name],
+        **{**CALL, "output_type": "latent", "num_inference_steps": 3},
     )
-    assert [entry[0] for entry in seen] == [0, 1, 2] and seen[0][1:] == ((4, 4, 16, 16), 4)
+    assert [entry[0] for entry in seen] == [0, 1, 2] and seen[0][1:] == ((4, *family.latent_shape), 4)
     assert torch.count_nonzero(out.particles) == 0
 
 
@@ -181,7 +230,7 @@ def test_callback_on_step_end_sees_and_edits_the_particles(pipe):
         ({"reward": redness}, "reward= is only used with a method="),
     ],
 )
-def test_bad_input_is_a_clear_error(pipe, kwargs, message):
+def test_bad_input_is_a_clear_error(pipe, CALL, kwargs, message):
     with pytest.raises(ValueError, match=message):
         pipe(PROMPTS, generator=torch.Generator().manual_seed(0), **CALL, **kwargs)
 
