@@ -5,11 +5,13 @@ plus `reward=` and `method=`.
 """
 
 from diffsteer.pipelines.pipeline_output import SteeringPipelineOutput
+from diffsteer.pipelines.pipeline_stable_diffusion_3_steering import StableDiffusion3SteeringPipeline
 from diffsteer.pipelines.pipeline_stable_diffusion_steering import StableDiffusionSteeringPipeline
 from diffsteer.pipelines.pipeline_stable_diffusion_xl_steering import StableDiffusionXLSteeringPipeline
 
 
 __all__ = [
+    "StableDiffusion3SteeringPipeline",
     "StableDiffusionSteeringPipeline",
     "StableDiffusionXLSteeringPipeline",
     "SteeringPipelineOutput",

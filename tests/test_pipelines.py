@@ -8,18 +8,21 @@ import torch
 from diffusers import (
     DiffusionPipeline,
     DPMSolverMultistepScheduler,
+    FlowMatchEulerDiscreteScheduler,
+    StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
 )
 
 import diffsteer
 from diffsteer.pipelines import (
+    StableDiffusion3SteeringPipeline,
     StableDiffusionSteeringPipeline,
     StableDiffusionXLSteeringPipeline,
     SteeringPipelineOutput,
 )
 
-from .tiny.components import sd_components, sdxl_components
+from .tiny.components import sd3_components, sd_components, sdxl_components
 
 
 PROMPTS = ["a photo of a red cat", "two blue squares"]
@@ -53,6 +56,16 @@ FAMILIES = {
         (4, 16, 16),
         DPMSolverMultistepScheduler,
         "add_text_embeds",
+    ),
+    "sd3": Family(
+        StableDiffusion3Pipeline,
+        StableDiffusion3SteeringPipeline,
+        sd3_components,
+        "pipeline_stable_diffusion_3_steering.py",
+        (4, 32, 32),
+        FlowMatchEulerDiscreteScheduler,
+        "pooled_prompt_embeds",
+        max_sequence_length=16,
     ),
 }
 
@@ -172,7 +185,7 @@ def test_many_particles_in_small_decode_chunks_and_the_ledger(pipe, CALL):
     assert cost.model_calls == 4 and cost.model_rows == 4 * 2 * 64  # classifier-free guidance doubles the rows
     assert cost.reward_calls == 3 and cost.reward_rows == 3 * 64  # potential steps 0 and 2, then the final one
     assert cost.decode_calls == 3 * 16 + 1 and cost.decode_rows == 3 * 64 + 2
-    assert "eta was set to 1.0" in out.changes[0]
+    assert "fresh noise" in out.changes[0]  # the deterministic default scheduler was made stochastic
 
 
 def test_save_load_and_custom_pipeline(family, pipe, CALL, tmp_path):

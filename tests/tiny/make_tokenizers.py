@@ -4,8 +4,8 @@
 
 - `vocab.json`, `merges.txt`: a CLIP byte-pair vocabulary with every lowercase letter, digit and some punctuation
   (so any prompt in those characters tokenizes) plus whole-word merges for the words below.
-- `t5_tokenizer.json`: a word-level T5-style tokenizer (`</s>` appended, `<pad>` = 0) for the words below; other
-  words map to `<unk>`.
+- `t5_tokenizer.json`: a T5-style Unigram tokenizer (`</s>` appended, `<pad>` = 0) whose pieces are the words
+  below; other words map to `<unk>`.
 """
 
 import json
@@ -93,10 +93,10 @@ def clip_files() -> None:
 
 
 def t5_file() -> None:
-    vocab = {"<pad>": 0, "</s>": 1, "<unk>": 2}
-    for word in WORDS:
-        vocab.setdefault("\u2581" + word, len(vocab))
-    tokenizer = Tokenizer(models.WordLevel(vocab, unk_token="<unk>"))
+    # Unigram, T5's own model type: transformers' T5 tokenizer only round-trips (save_pretrained) with it.
+    pieces = [("<pad>", 0.0), ("</s>", 0.0), ("<unk>", 0.0)]
+    pieces += [("\u2581" + word, -1.0) for word in dict.fromkeys(WORDS)]
+    tokenizer = Tokenizer(models.Unigram(pieces, unk_id=2))
     tokenizer.pre_tokenizer = pre_tokenizers.Metaspace()
     tokenizer.decoder = decoders.Metaspace()
     tokenizer.post_processor = processors.TemplateProcessing(single="$A </s>", special_tokens=[("</s>", 1)])
