@@ -9,6 +9,7 @@ from diffusers import (
     DiffusionPipeline,
     DPMSolverMultistepScheduler,
     FlowMatchEulerDiscreteScheduler,
+    FluxPipeline,
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
@@ -16,13 +17,14 @@ from diffusers import (
 
 import diffsteer
 from diffsteer.pipelines import (
+    FluxSteeringPipeline,
     StableDiffusion3SteeringPipeline,
     StableDiffusionSteeringPipeline,
     StableDiffusionXLSteeringPipeline,
     SteeringPipelineOutput,
 )
 
-from .tiny.components import sd3_components, sd_components, sdxl_components
+from .tiny.components import flux_components, sd3_components, sd_components, sdxl_components
 
 
 PROMPTS = ["a photo of a red cat", "two blue squares"]
@@ -31,10 +33,11 @@ PIPELINES = Path(diffsteer.pipelines.__file__).parent
 
 
 class Family:
-    def __init__(self, parent, steering, components, file, latent_shape, scheduler, conditioning_name, **call):
+    def __init__(self, parent, steering, components, file, latent_shape, scheduler, conditioning_name, rows=2, **call):
         self.parent, self.steering, self.components, self.file = parent, steering, components, PIPELINES / file
         self.latent_shape, self.deterministic_scheduler = latent_shape, scheduler
         self.conditioning_name = conditioning_name
+        self.rows_per_particle = rows  # denoiser rows per particle and call: 2 with classifier-free guidance
         self.call = {**BASE_CALL, **call}
 
 
@@ -65,6 +68,17 @@ FAMILIES = {
         (4, 32, 32),
         FlowMatchEulerDiscreteScheduler,
         "pooled_prompt_embeds",
+        max_sequence_length=16,
+    ),
+    "flux": Family(
+        FluxPipeline,
+        FluxSteeringPipeline,
+        flux_components,
+        "pipeline_flux_steering.py",
+        (256, 16),
+        FlowMatchEulerDiscreteScheduler,
+        "prompt_embeds",
+        rows=1,  # no classifier-free guidance without a negative prompt
         max_sequence_length=16,
     ),
 }
@@ -170,7 +184,7 @@ def test_resampling_copies_whole_trajectories_and_never_crosses_prompts(family, 
         pipe.scheduler = parent.scheduler
 
 
-def test_many_particles_in_small_decode_chunks_and_the_ledger(pipe, CALL):
+def test_many_particles_in_small_decode_chunks_and_the_ledger(family, pipe, CALL):
     out = pipe(
         PROMPTS[:1],
         generator=torch.Generator().manual_seed(0),
@@ -182,7 +196,7 @@ def test_many_particles_in_small_decode_chunks_and_the_ledger(pipe, CALL):
     )
     assert out.images.shape == (2, 3, 32, 32) and out.particles.shape == (64, 3, 32, 32)
     cost = out.cost
-    assert cost.model_calls == 4 and cost.model_rows == 4 * 2 * 64  # classifier-free guidance doubles the rows
+    assert cost.model_calls == 4 and cost.model_rows == 4 * family.rows_per_particle * 64
     assert cost.reward_calls == 3 and cost.reward_rows == 3 * 64  # potential steps 0 and 2, then the final one
     assert cost.decode_calls == 3 * 16 + 1 and cost.decode_rows == 3 * 64 + 2
     assert "fresh noise" in out.changes[0]  # the deterministic default scheduler was made stochastic
@@ -251,3 +265,28 @@ def test_bad_input_is_a_clear_error(pipe, CALL, kwargs, message):
 def test_num_particles_must_be_positive():
     with pytest.raises(ValueError, match="num_particles must be a positive integer"):
         diffsteer.FK(0)
+
+
+def test_flux_true_cfg_matches_the_parent_and_counts_both_passes():
+    family = FAMILIES["flux"]
+    components = family.components()
+    parent = FluxPipeline(**{k: v for k, v in components.items() if k not in ("image_encoder", "feature_extractor")})
+    parent.set_progress_bar_config(disable=True)
+    pipe = FluxSteeringPipeline.from_pipe(parent)
+    pipe.set_progress_bar_config(disable=True)
+
+    def both(negative_prompt):
+        call = {**family.call, "negative_prompt": negative_prompt, "true_cfg_scale": 2.0}
+        expected = parent(PROMPTS, generator=torch.Generator().manual_seed(0), **call).images
+        out = pipe(
+            PROMPTS, generator=torch.Generator().manual_seed(0), reward=redness, method=diffsteer.BestOfN(1), **call
+        )
+        return expected, out
+
+    expected, out = both(["a dog", "a dog"])
+    assert torch.equal(out.images, expected)
+    assert out.cost.model_rows == 2 * 2 * family.call["num_inference_steps"]  # both passes, 2 prompts, every step
+    # One negative prompt for several prompts: the parent broadcasts it inside attention, the particles carry a
+    # row each, so the results agree to float rounding rather than bit for bit.
+    expected, out = both("a dog")
+    torch.testing.assert_close(out.images, expected)
