@@ -4,6 +4,7 @@ Each `<Family>SteeringPipeline` subclasses the diffusers pipeline of its family:
 plus `reward=` and `method=`.
 """
 
+from diffsteer.pipelines.auto_steering import AutoSteeringPipeline
 from diffsteer.pipelines.pipeline_flux_steering import FluxSteeringPipeline
 from diffsteer.pipelines.pipeline_output import SteeringPipelineOutput
 from diffsteer.pipelines.pipeline_stable_diffusion_3_steering import StableDiffusion3SteeringPipeline
@@ -12,6 +13,7 @@ from diffsteer.pipelines.pipeline_stable_diffusion_xl_steering import StableDiff
 
 
 __all__ = [
+    "AutoSteeringPipeline",
     "FluxSteeringPipeline",
     "StableDiffusion3SteeringPipeline",
     "StableDiffusionSteeringPipeline",

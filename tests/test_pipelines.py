@@ -6,6 +6,8 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import (
+    DDPMPipeline,
+    DDPMScheduler,
     DiffusionPipeline,
     DPMSolverMultistepScheduler,
     FlowMatchEulerDiscreteScheduler,
@@ -13,6 +15,7 @@ from diffusers import (
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
     StableDiffusionXLPipeline,
+    UNet2DModel,
 )
 
 import diffsteer
@@ -290,3 +293,23 @@ def test_flux_true_cfg_matches_the_parent_and_counts_both_passes():
     # row each, so the results agree to float rounding rather than bit for bit.
     expected, out = both("a dog")
     torch.testing.assert_close(out.images, expected)
+
+
+def test_auto_steering_pipeline_picks_the_family(family, parent, tmp_path):
+    steering = diffsteer.pipelines.AutoSteeringPipeline.from_pipe(parent)
+    assert type(steering) is family.steering and steering.vae is parent.vae
+    parent.save_pretrained(tmp_path)
+    assert type(diffsteer.pipelines.AutoSteeringPipeline.from_pretrained(tmp_path)) is family.steering
+
+
+def test_auto_steering_pipeline_refuses_other_families():
+    unet = UNet2DModel(
+        sample_size=8,
+        block_out_channels=(4, 8),
+        norm_num_groups=2,
+        layers_per_block=1,
+        down_block_types=("DownBlock2D", "DownBlock2D"),
+        up_block_types=("UpBlock2D", "UpBlock2D"),
+    )
+    with pytest.raises(ValueError, match="No steering pipeline for DDPMPipeline"):
+        diffsteer.pipelines.AutoSteeringPipeline.from_pipe(DDPMPipeline(unet, DDPMScheduler()))
