@@ -313,3 +313,20 @@ def test_auto_steering_pipeline_refuses_other_families():
     )
     with pytest.raises(ValueError, match="No steering pipeline for DDPMPipeline"):
         diffsteer.pipelines.AutoSteeringPipeline.from_pipe(DDPMPipeline(unet, DDPMScheduler()))
+
+
+def test_model_cpu_offload_keeps_working(family, CALL):
+    """Offload hooks (here to the CPU, the only device these machines have) change nothing in the output."""
+
+    def build():
+        cls = family.steering
+        expected = set(cls._get_signature_keys(cls)[0]) | set(cls._get_signature_keys(cls)[1])
+        pipe = cls(**{name: value for name, value in family.components().items() if name in expected})
+        pipe.set_progress_bar_config(disable=True)
+        return pipe
+
+    common = dict(reward=redness, method=diffsteer.FK(3, lmbda=20.0), **CALL)
+    reference = build()(PROMPTS, generator=torch.Generator().manual_seed(6), **common).images
+    offloaded = build()
+    offloaded.enable_model_cpu_offload(device="cpu")
+    assert torch.equal(offloaded(PROMPTS, generator=torch.Generator().manual_seed(6), **common).images, reference)
