@@ -155,10 +155,10 @@ class FluxSteeringPipeline(SteeringMixin, FluxPipeline):
             )
             return negative + true_cfg_scale * (velocity - negative)
 
-        def decode(latents: torch.Tensor) -> torch.Tensor:
+        def decode(latents: torch.Tensor, vae: Any) -> torch.Tensor:
             latents = self._unpack_latents(latents, height, width, self.vae_scale_factor)
-            latents = (latents / self.vae.config.scaling_factor) + self.vae.config.shift_factor
-            return self.vae.decode(latents, return_dict=False)[0]
+            latents = (latents / vae.config.scaling_factor) + (vae.config.get("shift_factor") or 0.0)
+            return vae.decode(latents, return_dict=False)[0]
 
         return FamilySetup(
             model=model,

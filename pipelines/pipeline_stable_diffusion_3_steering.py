@@ -128,9 +128,9 @@ class StableDiffusion3SteeringPipeline(SteeringMixin, StableDiffusion3Pipeline):
             )[0]
             return classifier_free_guidance(velocity, self.guidance_scale, 0.0) if cfg else velocity
 
-        def decode(latents: torch.Tensor) -> torch.Tensor:
-            latents = (latents / self.vae.config.scaling_factor) + self.vae.config.shift_factor
-            return self.vae.decode(latents, return_dict=False)[0]
+        def decode(latents: torch.Tensor, vae: Any) -> torch.Tensor:
+            latents = (latents / vae.config.scaling_factor) + (vae.config.get("shift_factor") or 0.0)
+            return vae.decode(latents, return_dict=False)[0]
 
         return FamilySetup(
             model=model,

@@ -119,8 +119,8 @@ class StableDiffusionSteeringPipeline(SteeringMixin, StableDiffusionPipeline):
                 noise_pred = classifier_free_guidance(noise_pred, self.guidance_scale, self.guidance_rescale)
             return noise_pred
 
-        def decode(latents: torch.Tensor) -> torch.Tensor:
-            return self.vae.decode(latents / self.vae.config.scaling_factor, return_dict=False)[0]
+        def decode(latents: torch.Tensor, vae: Any) -> torch.Tensor:
+            return vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
 
         step_kwargs = self.prepare_extra_step_kwargs(None, call["eta"])
         step_kwargs.pop("generator", None)  # the engine passes the generators itself

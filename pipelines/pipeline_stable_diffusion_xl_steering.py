@@ -156,20 +156,15 @@ class StableDiffusionXLSteeringPipeline(SteeringMixin, StableDiffusionXLPipeline
         needs_upcasting = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
         if needs_upcasting:
             self.upcast_vae()
-        config = self.vae.config
-        if getattr(config, "latents_mean", None) is not None and getattr(config, "latents_std", None) is not None:
-            mean = torch.tensor(config.latents_mean).view(1, -1, 1, 1)
-            std = torch.tensor(config.latents_std).view(1, -1, 1, 1)
-        else:
-            mean, std = None, None
 
-        def decode(latents: torch.Tensor) -> torch.Tensor:
-            latents = latents.to(next(iter(self.vae.post_quant_conv.parameters())).dtype)
-            if mean is not None:
-                latents = latents * std.to(latents) / config.scaling_factor + mean.to(latents)
-            else:
-                latents = latents / config.scaling_factor
-            return self.vae.decode(latents, return_dict=False)[0]
+        def decode(latents: torch.Tensor, vae: Any) -> torch.Tensor:
+            config = vae.config
+            latents = latents.to(next(iter(vae.parameters())).dtype)
+            if config.get("latents_mean") is not None and config.get("latents_std") is not None:
+                mean = torch.tensor(config.latents_mean).view(1, -1, 1, 1).to(latents)
+                std = torch.tensor(config.latents_std).view(1, -1, 1, 1).to(latents)
+                return vae.decode(latents * std / config.scaling_factor + mean, return_dict=False)[0]
+            return vae.decode(latents / config.scaling_factor, return_dict=False)[0]
 
         step_kwargs = self.prepare_extra_step_kwargs(None, call["eta"])
         step_kwargs.pop("generator", None)

@@ -35,7 +35,8 @@ class FamilySetup:
         latents: initial latents, shape (num_prompts * num_particles, *shape), prompt-major.
         conditioning: per-particle tensors (leading dimension num_prompts * num_particles).
         prompts: one string per prompt group (for rewards that read the prompt).
-        decode: latents -> images in [-1, 1], shape (n, 3, H, W).
+        decode: (latents, vae) -> images in [-1, 1], shape (n, 3, H, W), with that VAE's own scaling (so a cheaper
+            `AutoencoderTiny` can stand in for intermediate rewards).
         step_kwargs: extra `scheduler.step` arguments (for example `eta`).
         timesteps_kwargs: custom `timesteps`, `sigmas` or `mu` for the scheduler.
         finish: called when the run ends, even by an error (for example to cast an upcast VAE back).
@@ -45,7 +46,7 @@ class FamilySetup:
     latents: torch.Tensor
     conditioning: dict[str, torch.Tensor]
     prompts: list[str]
-    decode: Callable[[torch.Tensor], torch.Tensor]
+    decode: Callable[[torch.Tensor, Any], torch.Tensor]
     step_kwargs: dict[str, Any] = field(default_factory=dict)
     timesteps_kwargs: dict[str, Any] = field(default_factory=dict)
     finish: Callable[[], None] | None = None
@@ -81,6 +82,7 @@ class SteeringMixin:
         method: FK | BestOfN | None = None,
         decode_batch_size: int = 8,
         stochastic: str = "auto",
+        reward_decoder: Any | None = None,
         **kwargs: Any,
     ) -> Any:
         """The parent pipeline's call (same positional and keyword arguments) plus:
@@ -93,12 +95,15 @@ class SteeringMixin:
             stochastic (`str`, defaults to `"auto"`): `"auto"` switches a deterministic scheduler (DDIM with
                 `eta=0`, ...) to its stochastic variant for FK and reports it in `changes`; `"require"` raises;
                 `"off"` runs the scheduler as given.
+            reward_decoder (`AutoencoderTiny`, *optional*): a cheaper decoder for the intermediate rewards (for
+                example `AutoencoderTiny.from_pretrained("madebyollin/taesd")`); the final reward and the images use
+                the pipeline's VAE.
 
         Returns:
             [`~diffsteer.pipelines.SteeringPipelineOutput`] with a method, else the parent's output.
         """
         with torch.no_grad():
-            return self._steering_call(args, kwargs, reward, method, decode_batch_size, stochastic)
+            return self._steering_call(args, kwargs, reward, method, decode_batch_size, stochastic, reward_decoder)
 
     def _steering_setup(self, call: dict[str, Any], num_particles: int, ledger: CostLedger) -> FamilySetup:
         raise NotImplementedError
@@ -111,6 +116,7 @@ class SteeringMixin:
         method: FK | BestOfN | None,
         decode_batch_size: int,
         stochastic: str,
+        reward_decoder: Any | None = None,
     ) -> Any:
         parent_call = self._steering_parent.__call__
         if method is None:
@@ -126,7 +132,7 @@ class SteeringMixin:
         ledger = CostLedger()
         setup = self._steering_setup(call, method.num_particles, ledger)
         try:
-            return self._steer(call, setup, reward, method, decode_batch_size, stochastic, ledger)
+            return self._steer(call, setup, reward, method, decode_batch_size, stochastic, reward_decoder, ledger)
         finally:
             if setup.finish is not None:
                 setup.finish()
@@ -139,6 +145,7 @@ class SteeringMixin:
         method: FK | BestOfN,
         decode_batch_size: int,
         stochastic: str,
+        reward_decoder: Any | None,
         ledger: CostLedger,
     ) -> Any:
         num_prompts = len(setup.prompts)
@@ -156,8 +163,16 @@ class SteeringMixin:
             timesteps_kwargs=setup.timesteps_kwargs,
         )
         scorer = _ChunkedScorer(setup, reward, method.num_particles, decode_batch_size, ledger)
-        with self.progress_bar(total=len(process.scheduler.timesteps)) as progress_bar:
-            on_step_end = self._steering_callback(call, progress_bar)
+        scorer.vae = reward_decoder if reward_decoder is not None else self.vae
+        num_calls = len(process.scheduler.timesteps)
+        with self.progress_bar(total=num_calls) as progress_bar:
+            callback = self._steering_callback(call, progress_bar)
+
+            def on_step_end(step: Step, particles: Particles) -> None:
+                callback(step, particles)
+                if step.index == num_calls - 1:
+                    scorer.vae = self.vae  # the final reward and the particles' images use the full VAE
+
             run = run_steering(
                 process,
                 method,
@@ -175,7 +190,7 @@ class SteeringMixin:
         if output_type == "latent":
             images, particles, nsfw = run.samples[selected], run.samples, None
         else:
-            decoded = setup.decode(run.samples[selected])
+            decoded = setup.decode(run.samples[selected], self.vae)
             ledger.add_decode(decoded.shape[0])
             images, nsfw = self._steering_postprocess(decoded, output_type, setup)
             particles, _ = self._steering_postprocess(scorer.last_decoded, output_type, setup, safety=False)
@@ -241,12 +256,13 @@ class _ChunkedScorer:
         self.setup, self.reward, self.num_particles = setup, reward, num_particles
         self.decode_batch_size, self.ledger = decode_batch_size, ledger
         self.last_decoded: torch.Tensor | None = None
+        self.vae: Any = None  # set by the engine: the decoder of the next call
 
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
         scores, decoded = [], []
         for start in range(0, latents.shape[0], self.decode_batch_size):
             chunk = latents[start : start + self.decode_batch_size]
-            images = self.setup.decode(chunk)
+            images = self.setup.decode(chunk, self.vae)
             self.ledger.add_decode(chunk.shape[0])
             prompts = [self.setup.prompts[row // self.num_particles] for row in range(start, start + chunk.shape[0])]
             chunk_scores = torch.as_tensor(self.reward((images / 2 + 0.5).clamp(0, 1), prompts)).flatten()

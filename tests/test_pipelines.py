@@ -6,6 +6,7 @@ from pathlib import Path
 import pytest
 import torch
 from diffusers import (
+    AutoencoderTiny,
     DDPMPipeline,
     DDPMScheduler,
     DiffusionPipeline,
@@ -330,3 +331,41 @@ def test_model_cpu_offload_keeps_working(family, CALL):
     offloaded = build()
     offloaded.enable_model_cpu_offload(device="cpu")
     assert torch.equal(offloaded(PROMPTS, generator=torch.Generator().manual_seed(6), **common).images, reference)
+
+
+def test_a_cheaper_decoder_for_intermediate_rewards():
+    family = FAMILIES["sd"]
+    pipe = family.steering(**family.components(), requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    common = dict(reward=redness, method=diffsteer.FK(4, lmbda=20.0, interval=2), decode_batch_size=2, **family.call)
+    reference = pipe(PROMPTS, generator=torch.Generator().manual_seed(8), **common)
+    same = pipe(PROMPTS, generator=torch.Generator().manual_seed(8), reward_decoder=pipe.vae, **common)
+    assert torch.equal(same.images, reference.images)  # the plumbing alone changes nothing
+
+    torch.manual_seed(0)
+    tiny = AutoencoderTiny(
+        encoder_block_out_channels=(4, 4),
+        decoder_block_out_channels=(4, 4),
+        num_encoder_blocks=(1, 1),
+        num_decoder_blocks=(1, 1),
+        latent_channels=4,
+    ).eval()
+    calls = {"tiny": 0, "full": 0}
+
+    def counting(name, decode):
+        def wrapped(*args, **kwargs):
+            calls[name] += 1
+            return decode(*args, **kwargs)
+
+        return wrapped
+
+    tiny.decode = counting("tiny", tiny.decode)
+    pipe.vae.decode = counting("full", pipe.vae.decode)
+    try:
+        out = pipe(PROMPTS, generator=torch.Generator().manual_seed(8), reward_decoder=tiny, **common)
+    finally:
+        del pipe.vae.decode
+    # 2 potential steps x 4 chunks of 2 particles on the tiny decoder; the final reward (4 chunks) and the selected
+    # images (1 call) on the full VAE.
+    assert calls == {"tiny": 8, "full": 5}
+    assert out.images.shape == reference.images.shape and out.cost.decode_rows == 2 * 8 + 8 + 2
