@@ -11,7 +11,6 @@ from diffusers import (
     DDPMScheduler,
     DiffusionPipeline,
     DPMSolverMultistepScheduler,
-    FlowMatchEulerDiscreteScheduler,
     FluxPipeline,
     StableDiffusion3Pipeline,
     StableDiffusionPipeline,
@@ -36,10 +35,20 @@ BASE_CALL = {"num_inference_steps": 4, "height": 32, "width": 32, "output_type":
 PIPELINES = Path(diffsteer.pipelines.__file__).parent
 
 
+def flow_multistep_solver(config, **overrides) -> DPMSolverMultistepScheduler:
+    """A deterministic multistep solver for flow models (DPM-Solver++ with flow sigmas, as SANA uses)."""
+    return DPMSolverMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction", **overrides)
+
+
+def flux_multistep_solver(config) -> DPMSolverMultistepScheduler:
+    """Flux always passes `mu`, which DPM-Solver takes only with exponential dynamic shifting."""
+    return flow_multistep_solver(config, use_dynamic_shifting=True, time_shift_type="exponential")
+
+
 class Family:
     def __init__(self, parent, steering, components, file, latent_shape, scheduler, conditioning_name, rows=2, **call):
         self.parent, self.steering, self.components, self.file = parent, steering, components, PIPELINES / file
-        self.latent_shape, self.deterministic_scheduler = latent_shape, scheduler
+        self.latent_shape, self.deterministic_scheduler = latent_shape, scheduler  # config -> scheduler
         self.conditioning_name = conditioning_name
         self.rows_per_particle = rows  # denoiser rows per particle and call: 2 with classifier-free guidance
         self.call = {**BASE_CALL, **call}
@@ -52,7 +61,7 @@ FAMILIES = {
         sd_components,
         "pipeline_stable_diffusion_steering.py",
         (4, 16, 16),
-        DPMSolverMultistepScheduler,
+        DPMSolverMultistepScheduler.from_config,
         "prompt_embeds",
     ),
     "sdxl": Family(
@@ -61,7 +70,7 @@ FAMILIES = {
         sdxl_components,
         "pipeline_stable_diffusion_xl_steering.py",
         (4, 16, 16),
-        DPMSolverMultistepScheduler,
+        DPMSolverMultistepScheduler.from_config,
         "add_text_embeds",
     ),
     "sd3": Family(
@@ -70,7 +79,7 @@ FAMILIES = {
         sd3_components,
         "pipeline_stable_diffusion_3_steering.py",
         (4, 32, 32),
-        FlowMatchEulerDiscreteScheduler,
+        flow_multistep_solver,
         "pooled_prompt_embeds",
         max_sequence_length=16,
     ),
@@ -80,7 +89,7 @@ FAMILIES = {
         flux_components,
         "pipeline_flux_steering.py",
         (256, 16),
-        FlowMatchEulerDiscreteScheduler,
+        flux_multistep_solver,
         "prompt_embeds",
         rows=1,  # no classifier-free guidance without a negative prompt
         max_sequence_length=16,
@@ -167,7 +176,7 @@ def test_resampling_copies_whole_trajectories_and_never_crosses_prompts(family, 
     """Deterministic multistep scheduler, multinomial resampling at every step: every output equals, bit for bit,
     the plain output of its ancestor's initial latent under its own prompt; ancestors stay within their prompt."""
     num_particles = 6
-    pipe.scheduler = family.deterministic_scheduler.from_config(parent.scheduler.config)
+    pipe.scheduler = family.deterministic_scheduler(parent.scheduler.config)
     try:
         x_T = torch.randn(2 * num_particles, *family.latent_shape, generator=torch.Generator().manual_seed(3))
         steered = pipe(

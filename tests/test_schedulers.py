@@ -265,3 +265,25 @@ def test_order2_resampling_only_at_full_steps(name):
     )
     assert len(result.trace) == 9  # 2 * 5 - 1 model calls
     assert [record.resampled for record in result.trace] == [True, False] * 4 + [True]
+
+
+@pytest.mark.parametrize("name", ["DPMSolverMultistepScheduler", "UniPCMultistepScheduler"])
+def test_x0_hat_of_solvers_in_flow_mode(name):
+    """VP solvers run with flow sigmas (as for SANA or Flux) get the flow x0-hat, from the scheduler's own sigma
+    (its timesteps are rounded): the exact posterior mean, and the solver's own data prediction."""
+    scheduler = make(name, use_flow_sigmas=True, prediction_type="flow_prediction", flow_shift=2.0)
+    model = diffsteer.worlds.gmm.exact_denoiser(MIXTURE_3D, scheduler)
+    process = SchedulerProcess(model, scheduler, shape=SHAPE, num_inference_steps=6, stochastic="off")
+    assert process.is_flow
+    particles = process.init(5, torch.Generator().manual_seed(0))
+    for step in process.steps():
+        sample = particles.latents
+        process.predict(particles, step)
+        if process.scheduler.step_index is None:
+            process.scheduler._init_step_index(step.timestep)
+        own = process.scheduler.convert_model_output(particles.model_output, sample=sample)
+        torch.testing.assert_close(particles.x0_hat, own, atol=2e-5, rtol=1e-4)
+        sigma = float(step.timestep) / 1000  # what the model was told
+        exact = MIXTURE_3D.posterior_mean(sample, 1 - sigma, sigma)
+        torch.testing.assert_close(particles.x0_hat.double(), exact, atol=2e-2, rtol=0)
+        process.transition(particles, step)

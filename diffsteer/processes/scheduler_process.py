@@ -16,7 +16,7 @@ from diffsteer.processes.schedulers import (
     scheduler_spec,
     unregistered_particle_state,
 )
-from diffsteer.processes.x0 import alpha_bar, flow_sigma, flow_x0, vp_x0
+from diffsteer.processes.x0 import alpha_bar, flow_x0, vp_x0
 from diffsteer.smc.particles import Particles
 
 
@@ -94,6 +94,8 @@ class SchedulerProcess:
             type(scheduler).from_config(scheduler.config), dict(step_kwargs or {}), stochastic
         )
         self.spec: SchedulerSpec = scheduler_spec(self.scheduler)
+        # Flow matching: FlowMatch schedulers, and VP solvers run with flow sigmas (DPM-Solver, UniPC for SANA/Flux).
+        self.is_flow = self.spec.space == "flow" or self.scheduler.config.get("prediction_type") == "flow_prediction"
         _, self.num_inference_steps = retrieve_timesteps(
             self.scheduler, num_inference_steps, self.device, **(timesteps_kwargs or {})
         )
@@ -178,8 +180,11 @@ class SchedulerProcess:
                 f"The model returned shape {tuple(model_output.shape)} for samples of shape {tuple(sample.shape)}; "
                 "it must return one output per particle with the sample's shape."
             )
-        if self.spec.space == "flow":
-            x0_hat = flow_x0(sample, model_output, flow_sigma(self.scheduler, step.timestep))
+        if self.is_flow:
+            # The scheduler's own sigma for this step: solvers such as DPM-Solver in flow mode round their
+            # timesteps, so timestep / num_train_timesteps would be off by up to 1e-3.
+            index = self.scheduler.step_index if self.scheduler.step_index is not None else step.index
+            x0_hat = flow_x0(sample, model_output, float(self.scheduler.sigmas[index]))
         else:
             a = alpha_bar(self.scheduler, step.timestep)
             x0_hat = vp_x0(model_input, model_output, a, self.scheduler.config.prediction_type)

@@ -153,7 +153,7 @@ def exact_denoiser(
     scheduler's `alphas_cumprod`, interpolated at fractional timesteps); flow-matching schedulers get the velocity
     eps - x0 of x_t = (1 - sigma) x0 + sigma eps.
     """
-    flow = scheduler_spec(scheduler).space == "flow"
+    flow = scheduler_spec(scheduler).space == "flow" or scheduler.config.get("prediction_type") == "flow_prediction"
     prediction_type = None if flow else scheduler.config.prediction_type
 
     def model(sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
