@@ -8,7 +8,7 @@ from diffusers import FluxPipeline
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
 from diffsteer.outputs import CostLedger
-from diffsteer.pipelines.steering import FamilySetup, SteeringMixin, prompt_list
+from diffsteer.pipelines.steering import FamilySetup, SteeringMixin, prompt_list, refuse_with_a_method
 
 
 class FluxSteeringPipeline(SteeringMixin, FluxPipeline):
@@ -29,31 +29,14 @@ class FluxSteeringPipeline(SteeringMixin, FluxPipeline):
     _steering_parent = FluxPipeline
 
     def _steering_setup(self, call: dict[str, Any], num_particles: int, ledger: CostLedger) -> FamilySetup:
-        for name in (
-            "ip_adapter_image",
-            "ip_adapter_image_embeds",
-            "negative_ip_adapter_image",
-            "negative_ip_adapter_image_embeds",
-        ):
-            if call[name] is not None:
-                raise ValueError("IP-Adapter inputs are not supported with a steering method yet; pass method=None.")
+        ip_adapter = ("ip_adapter_image", "ip_adapter_image_embeds")
+        refuse_with_a_method(
+            call, (*ip_adapter, *(f"negative_{name}" for name in ip_adapter)), "IP-Adapter inputs are"
+        )
         height = call["height"] or self.default_sample_size * self.vae_scale_factor
         width = call["width"] or self.default_sample_size * self.vae_scale_factor
         prompt = call["prompt"]
-        self.check_inputs(
-            prompt,
-            call["prompt_2"],
-            height,
-            width,
-            negative_prompt=call["negative_prompt"],
-            negative_prompt_2=call["negative_prompt_2"],
-            prompt_embeds=call["prompt_embeds"],
-            negative_prompt_embeds=call["negative_prompt_embeds"],
-            pooled_prompt_embeds=call["pooled_prompt_embeds"],
-            negative_pooled_prompt_embeds=call["negative_pooled_prompt_embeds"],
-            callback_on_step_end_tensor_inputs=call["callback_on_step_end_tensor_inputs"],
-            max_sequence_length=call["max_sequence_length"],
-        )
+        self._check_parent_inputs(call, height, width)
         self._guidance_scale = call["guidance_scale"]
         self._joint_attention_kwargs = call["joint_attention_kwargs"] or {}
         self._current_timestep = None

@@ -7,7 +7,13 @@ from diffusers import StableDiffusion3Pipeline
 from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
 
 from diffsteer.outputs import CostLedger
-from diffsteer.pipelines.steering import FamilySetup, SteeringMixin, classifier_free_guidance, prompt_list
+from diffsteer.pipelines.steering import (
+    FamilySetup,
+    SteeringMixin,
+    classifier_free_guidance,
+    prompt_list,
+    refuse_with_a_method,
+)
 
 
 class StableDiffusion3SteeringPipeline(SteeringMixin, StableDiffusion3Pipeline):
@@ -28,29 +34,12 @@ class StableDiffusion3SteeringPipeline(SteeringMixin, StableDiffusion3Pipeline):
     _steering_parent = StableDiffusion3Pipeline
 
     def _steering_setup(self, call: dict[str, Any], num_particles: int, ledger: CostLedger) -> FamilySetup:
-        if call["ip_adapter_image"] is not None or call["ip_adapter_image_embeds"] is not None:
-            raise ValueError("IP-Adapter inputs are not supported with a steering method yet; pass method=None.")
-        if call["skip_guidance_layers"] is not None:
-            raise ValueError("skip_guidance_layers is not supported with a steering method yet; pass method=None.")
+        refuse_with_a_method(call, ("ip_adapter_image", "ip_adapter_image_embeds"), "IP-Adapter inputs are")
+        refuse_with_a_method(call, ("skip_guidance_layers",), "Skip-layer guidance is")
         height = call["height"] or self.default_sample_size * self.vae_scale_factor
         width = call["width"] or self.default_sample_size * self.vae_scale_factor
         prompt = call["prompt"]
-        self.check_inputs(
-            prompt,
-            call["prompt_2"],
-            call["prompt_3"],
-            height,
-            width,
-            negative_prompt=call["negative_prompt"],
-            negative_prompt_2=call["negative_prompt_2"],
-            negative_prompt_3=call["negative_prompt_3"],
-            prompt_embeds=call["prompt_embeds"],
-            negative_prompt_embeds=call["negative_prompt_embeds"],
-            pooled_prompt_embeds=call["pooled_prompt_embeds"],
-            negative_pooled_prompt_embeds=call["negative_pooled_prompt_embeds"],
-            callback_on_step_end_tensor_inputs=call["callback_on_step_end_tensor_inputs"],
-            max_sequence_length=call["max_sequence_length"],
-        )
+        self._check_parent_inputs(call, height, width)
         self._guidance_scale = call["guidance_scale"]
         self._clip_skip = call["clip_skip"]
         self._joint_attention_kwargs = call["joint_attention_kwargs"]

@@ -11,6 +11,7 @@ from diffsteer.pipelines.steering import (
     SteeringMixin,
     classifier_free_guidance,
     prompt_list,
+    refuse_with_a_method,
 )
 
 
@@ -40,23 +41,11 @@ class StableDiffusionSteeringPipeline(SteeringMixin, StableDiffusionPipeline):
     def _steering_setup(self, call: dict[str, Any], num_particles: int, ledger: CostLedger) -> FamilySetup:
         """The parent's steps 0-6 (sizes, input checks, prompt encoding, latents, step kwargs) for
         num_prompts x num_particles rows, and its guided UNet call as the model."""
-        if call["ip_adapter_image"] is not None or call["ip_adapter_image_embeds"] is not None:
-            raise ValueError("IP-Adapter inputs are not supported with a steering method yet; pass method=None.")
+        refuse_with_a_method(call, ("ip_adapter_image", "ip_adapter_image_embeds"), "IP-Adapter inputs are")
         height = call["height"] or self.unet.config.sample_size * self.vae_scale_factor
         width = call["width"] or self.unet.config.sample_size * self.vae_scale_factor
         prompt, negative_prompt = call["prompt"], call["negative_prompt"]
-        self.check_inputs(
-            prompt,
-            height,
-            width,
-            None,
-            negative_prompt,
-            call["prompt_embeds"],
-            call["negative_prompt_embeds"],
-            None,
-            None,
-            call["callback_on_step_end_tensor_inputs"],
-        )
+        self._check_parent_inputs(call, height, width)
         self._guidance_scale = call["guidance_scale"]
         self._guidance_rescale = call["guidance_rescale"]
         self._clip_skip = call["clip_skip"]

@@ -6,7 +6,13 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 
 from diffsteer.outputs import CostLedger
-from diffsteer.pipelines.steering import FamilySetup, SteeringMixin, classifier_free_guidance, prompt_list
+from diffsteer.pipelines.steering import (
+    FamilySetup,
+    SteeringMixin,
+    classifier_free_guidance,
+    prompt_list,
+    refuse_with_a_method,
+)
 
 
 class StableDiffusionXLSteeringPipeline(SteeringMixin, StableDiffusionXLPipeline):
@@ -26,29 +32,12 @@ class StableDiffusionXLSteeringPipeline(SteeringMixin, StableDiffusionXLPipeline
     _steering_parent = StableDiffusionXLPipeline
 
     def _steering_setup(self, call: dict[str, Any], num_particles: int, ledger: CostLedger) -> FamilySetup:
-        if call["ip_adapter_image"] is not None or call["ip_adapter_image_embeds"] is not None:
-            raise ValueError("IP-Adapter inputs are not supported with a steering method yet; pass method=None.")
-        if call["denoising_end"] is not None:
-            raise ValueError("denoising_end (ensemble of experts) is not supported with a steering method yet.")
+        refuse_with_a_method(call, ("ip_adapter_image", "ip_adapter_image_embeds"), "IP-Adapter inputs are")
+        refuse_with_a_method(call, ("denoising_end",), "An ensemble of experts is")
         height = call["height"] or self.default_sample_size * self.vae_scale_factor
         width = call["width"] or self.default_sample_size * self.vae_scale_factor
         prompt = call["prompt"]
-        self.check_inputs(
-            prompt,
-            call["prompt_2"],
-            height,
-            width,
-            None,
-            call["negative_prompt"],
-            call["negative_prompt_2"],
-            call["prompt_embeds"],
-            call["negative_prompt_embeds"],
-            call["pooled_prompt_embeds"],
-            call["negative_pooled_prompt_embeds"],
-            None,
-            None,
-            call["callback_on_step_end_tensor_inputs"],
-        )
+        self._check_parent_inputs(call, height, width)
         self._guidance_scale = call["guidance_scale"]
         self._guidance_rescale = call["guidance_rescale"]
         self._clip_skip = call["clip_skip"]

@@ -210,6 +210,11 @@ class SteeringMixin:
         )
         return output if call["return_dict"] else (images, nsfw)
 
+    def _check_parent_inputs(self, call: dict[str, Any], height: int, width: int) -> None:
+        """The parent's own `check_inputs`, fed by name from the bound call (its parameters are call arguments)."""
+        values = {**call, "height": height, "width": width}
+        self.check_inputs(**{name: values.get(name) for name in inspect.signature(self.check_inputs).parameters})
+
     def _steering_postprocess(
         self, images: torch.Tensor, output_type: str, setup: FamilySetup, safety: bool = True
     ) -> tuple[Any, list[bool] | None]:
@@ -275,6 +280,13 @@ class _ChunkedScorer:
             decoded.append(images.cpu())
         self.last_decoded = torch.cat(decoded)
         return torch.cat(scores)
+
+
+def refuse_with_a_method(call: dict[str, Any], names: Sequence[str], what: str) -> None:
+    """Raise for parent arguments that steering does not support yet, naming them and the way out."""
+    given = [name for name in names if call.get(name) is not None]
+    if given:
+        raise ValueError(f"{what} ({', '.join(given)}) not supported with a steering method yet; pass method=None.")
 
 
 def _check_steering_inputs(

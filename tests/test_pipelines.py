@@ -378,3 +378,8 @@ def test_a_cheaper_decoder_for_intermediate_rewards():
     # images (1 call) on the full VAE.
     assert calls == {"tiny": 8, "full": 5}
     assert out.images.shape == reference.images.shape and out.cost.decode_rows == 2 * 8 + 8 + 2
+
+
+def test_unsupported_parent_arguments_are_refused_with_a_method(family, pipe, CALL):
+    with pytest.raises(ValueError, match=r"IP-Adapter inputs are \(ip_adapter_image_embeds\) not supported"):
+        pipe(PROMPTS, ip_adapter_image_embeds=[torch.zeros(1)], reward=redness, method=diffsteer.FK(2), **CALL)
