@@ -20,7 +20,7 @@ _LAZY = {
     "StepRecord": "diffsteer.outputs",
     "sample": "diffsteer.sampling",
 }
-_SUBPACKAGES = ("methods", "processes", "smc", "worlds")
+_SUBPACKAGES = ("methods", "pipelines", "processes", "rewards", "smc", "worlds")
 
 __all__ = ["FK", "BestOfN", "CostLedger", "SamplingResult", "StepRecord", "__version__", "sample"]
 

@@ -20,10 +20,12 @@ from diffsteer.methods import FK, BestOfN
 from diffsteer.outputs import CostLedger
 from diffsteer.pipelines.pipeline_output import SteeringPipelineOutput
 from diffsteer.processes.scheduler_process import STOCHASTIC_MODES, SchedulerProcess, Step
+from diffsteer.rewards import available as available_rewards
+from diffsteer.rewards import load as load_reward
 from diffsteer.smc.particles import Particles
 
 
-ImageReward = Callable[[torch.Tensor, Sequence[str]], Any]
+RewardFn = Callable[[torch.Tensor, Sequence[str]], Any]
 
 
 @dataclass
@@ -78,7 +80,7 @@ class SteeringMixin:
     def __call__(
         self,
         *args: Any,
-        reward: ImageReward | None = None,
+        reward: str | RewardFn | None = None,
         method: FK | BestOfN | None = None,
         decode_batch_size: int = 8,
         stochastic: str = "auto",
@@ -88,7 +90,9 @@ class SteeringMixin:
         """The parent pipeline's call (same positional and keyword arguments) plus:
 
         Args:
-            reward (`Callable`, *optional*): `reward(images, prompts) -> N scores`, images float in [0, 1] of shape
+            reward (`str` or `Callable`, *optional*): a name from `diffsteer.rewards.available()` (loaded with its
+                default weights on the pipeline's device), a `diffsteer.rewards.Reward`, or any callable
+                `reward(images, prompts) -> N scores`, images float in [0, 1] of shape
                 (N, 3, H, W), higher is better.
             method (`diffsteer.FK` or `diffsteer.BestOfN`, *optional*): `None` runs the parent pipeline unchanged.
             decode_batch_size (`int`, defaults to 8): rows decoded and scored at a time.
@@ -112,7 +116,7 @@ class SteeringMixin:
         self,
         args: tuple,
         kwargs: dict[str, Any],
-        reward: ImageReward | None,
+        reward: str | RewardFn | None,
         method: FK | BestOfN | None,
         decode_batch_size: int,
         stochastic: str,
@@ -128,6 +132,8 @@ class SteeringMixin:
         call = dict(call.arguments)
         call.pop("self")
         _check_steering_inputs(call, reward, method, decode_batch_size, stochastic)
+        if isinstance(reward, str):
+            reward = load_reward(reward).to(self._execution_device)
 
         ledger = CostLedger()
         setup = self._steering_setup(call, method.num_particles, ledger)
@@ -141,7 +147,7 @@ class SteeringMixin:
         self,
         call: dict[str, Any],
         setup: FamilySetup,
-        reward: ImageReward,
+        reward: RewardFn,
         method: FK | BestOfN,
         decode_batch_size: int,
         stochastic: str,
@@ -253,7 +259,7 @@ class _ChunkedScorer:
     def __init__(
         self,
         setup: FamilySetup,
-        reward: ImageReward,
+        reward: RewardFn,
         num_particles: int,
         decode_batch_size: int,
         ledger: CostLedger,
@@ -264,22 +270,37 @@ class _ChunkedScorer:
         self.vae: Any = None  # set by the engine: the decoder of the next call
 
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
+        # A batch-relative reward (a rank ensemble) must see one prompt's particles together: decode them in chunks,
+        # then score the group at once. Any other reward scores each chunk as it is decoded.
+        batch_relative = getattr(self.reward, "batch_relative", False)
+        span = self.num_particles if batch_relative else latents.shape[0]
         scores, decoded = [], []
-        for start in range(0, latents.shape[0], self.decode_batch_size):
-            chunk = latents[start : start + self.decode_batch_size]
-            images = self.setup.decode(chunk, self.vae)
-            self.ledger.add_decode(chunk.shape[0])
-            prompts = [self.setup.prompts[row // self.num_particles] for row in range(start, start + chunk.shape[0])]
-            chunk_scores = torch.as_tensor(self.reward((images / 2 + 0.5).clamp(0, 1), prompts)).flatten()
-            if chunk_scores.shape != (chunk.shape[0],):
-                raise ValueError(
-                    f"The reward must return one score per image: it got {chunk.shape[0]} images and returned "
-                    f"shape {tuple(torch.as_tensor(chunk_scores).shape)}."
-                )
-            scores.append(chunk_scores.to(torch.float64).cpu())
-            decoded.append(images.cpu())
+        for group_start in range(0, latents.shape[0], span):
+            pending: list[torch.Tensor] = []
+            for start in range(group_start, group_start + span, self.decode_batch_size):
+                chunk = latents[start : min(start + self.decode_batch_size, group_start + span)]
+                images = self.setup.decode(chunk, self.vae)
+                self.ledger.add_decode(chunk.shape[0])
+                decoded.append(images.cpu())
+                pending.append(images)
+                if not batch_relative:
+                    scores.append(self._score(torch.cat(pending), start))
+                    pending = []
+            if pending:
+                scores.append(self._score(torch.cat(pending), group_start))
         self.last_decoded = torch.cat(decoded)
         return torch.cat(scores)
+
+    def _score(self, images: torch.Tensor, start: int) -> torch.Tensor:
+        """Score decoded rows `start ...` against their prompts; one finite-shaped score per image."""
+        prompts = [self.setup.prompts[row // self.num_particles] for row in range(start, start + images.shape[0])]
+        scores = torch.as_tensor(self.reward((images / 2 + 0.5).clamp(0, 1), prompts)).flatten()
+        if scores.shape != (images.shape[0],):
+            raise ValueError(
+                f"The reward must return one score per image: it got {images.shape[0]} images and returned "
+                f"shape {tuple(scores.shape)}."
+            )
+        return scores.to(torch.float64).cpu()
 
 
 def refuse_with_a_method(call: dict[str, Any], names: Sequence[str], what: str) -> None:
@@ -295,12 +316,13 @@ def _check_steering_inputs(
     if not isinstance(method, FK | BestOfN):
         raise ValueError(f"method must be diffsteer.FK(...), diffsteer.BestOfN(...) or None, got {method!r}.")
     if isinstance(reward, str):
+        if reward not in {spec.name for spec in available_rewards()}:
+            load_reward(reward)  # raises the registry's error, which lists the known names
+    elif not callable(reward):
         raise ValueError(
-            f"Unknown reward {reward!r}: pass a callable reward(images, prompts) -> scores (images float in [0, 1], "
-            "shape (N, 3, H, W)); rewards by name arrive with the diffsteer.rewards registry."
+            f"reward must be a name from diffsteer.rewards.available() or a callable reward(images, prompts) -> "
+            f"scores, got {reward!r}."
         )
-    if not callable(reward):
-        raise ValueError(f"reward must be a callable reward(images, prompts) -> scores, got {reward!r}.")
     if isinstance(decode_batch_size, bool) or not isinstance(decode_batch_size, int) or decode_batch_size < 1:
         raise ValueError(f"decode_batch_size must be a positive integer, got {decode_batch_size!r}.")
     if stochastic not in STOCHASTIC_MODES:

@@ -3,6 +3,7 @@
 import math
 from pathlib import Path
 
+import numpy as np
 import pytest
 import torch
 from diffusers import (
@@ -17,6 +18,7 @@ from diffusers import (
     StableDiffusionXLPipeline,
     UNet2DModel,
 )
+from scipy.stats import rankdata
 
 import diffsteer
 from diffsteer.pipelines import (
@@ -213,6 +215,34 @@ def test_many_particles_in_small_decode_chunks_and_the_ledger(family, pipe, CALL
     assert cost.reward_calls == 3 and cost.reward_rows == 3 * 64  # potential steps 0 and 2, then the final one
     assert cost.decode_calls == 3 * 16 + 1 and cost.decode_rows == 3 * 64 + 2
     assert "fresh noise" in out.changes[0]  # the deterministic default scheduler was made stochastic
+
+
+def test_a_reward_by_name_and_a_rank_ensemble_sees_whole_prompt_groups(family, pipe, CALL):
+    """A registry name loads the reward; a batch-relative reward gets each prompt's particles in one call even when
+    they are decoded in smaller chunks, and scores them as the rank ensemble defines (mean rank within the group)."""
+    named = pipe(
+        PROMPTS, generator=torch.Generator().manual_seed(3), reward="brightness", method=diffsteer.BestOfN(3), **CALL
+    )
+    brightness = diffsteer.rewards.Brightness()
+    torch.testing.assert_close(named.rewards.float(), brightness(named.particles).view(2, 3), atol=1e-5, rtol=0)
+
+    calls = []
+    recorder = diffsteer.rewards.from_function(
+        lambda images, prompts: calls.append(list(prompts)) or images[:, 0].mean((1, 2)), differentiable=False
+    )
+    ensemble = diffsteer.rewards.RankEnsemble([recorder, brightness])
+    out = pipe(
+        PROMPTS,
+        generator=torch.Generator().manual_seed(3),
+        reward=ensemble,
+        method=diffsteer.BestOfN(3),
+        decode_batch_size=2,
+        **CALL,
+    )
+    assert calls == [[PROMPTS[0]] * 3, [PROMPTS[1]] * 3]
+    for group, images in zip(out.rewards, out.particles.view(2, 3, *out.particles.shape[1:]), strict=True):
+        ranks = (rankdata(images[:, 0].mean((1, 2)).numpy()) + rankdata(brightness(images).numpy())) / 2
+        np.testing.assert_allclose(group.numpy(), ranks, atol=1e-6)
 
 
 def test_save_load_and_custom_pipeline(family, pipe, CALL, tmp_path):
