@@ -1,7 +1,7 @@
 """PickScore: the Pick-a-Pic preference model, a CLIP ViT-H-14 in transformers' format."""
 
 import os
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 
@@ -9,6 +9,10 @@ from diffsteer.rewards.base import Reward
 from diffsteer.rewards.hub import weights_error
 from diffsteer.rewards.registry import register
 from diffsteer.rewards.transforms import normalize, resize_center_crop
+
+
+if TYPE_CHECKING:
+    from transformers import CLIPModel
 
 
 @register(
@@ -23,8 +27,9 @@ class PickScore(Reward):
     scale its authors compare images with (their softmax over images of one prompt gives preference probabilities).
 
     Args:
-        model: the hub id or local folder of the `CLIPModel` weights.
-        processor: the hub id or local folder of the tokenizer and image-processor configuration.
+        model: the hub id or local folder of the `CLIPModel` weights, or a `CLIPModel` itself.
+        processor: the hub id or local folder of the tokenizer and image-processor configuration, or a
+            `(tokenizer, CLIPImageProcessor)` pair.
         device: where to run the model (default CPU).
         dtype: the model's dtype (default float32).
         batch_size: images per forward pass.
@@ -35,8 +40,8 @@ class PickScore(Reward):
 
     def __init__(
         self,
-        model: str | os.PathLike = "yuvalkirstain/PickScore_v1",
-        processor: str | os.PathLike = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
+        model: "str | os.PathLike | CLIPModel" = "yuvalkirstain/PickScore_v1",
+        processor: str | os.PathLike | tuple[Any, Any] = "laion/CLIP-ViT-H-14-laion2B-s32B-b79K",
         *,
         device: str | torch.device | None = None,
         dtype: torch.dtype | None = None,
@@ -45,9 +50,14 @@ class PickScore(Reward):
         from transformers import AutoTokenizer, CLIPImageProcessor, CLIPModel
 
         super().__init__(batch_size=batch_size)
-        clip = _from_pretrained(CLIPModel, model, "model", "model.safetensors")
-        self.tokenizer = _from_pretrained(AutoTokenizer, processor, "processor", "tokenizer.json")
-        image_processor = _from_pretrained(CLIPImageProcessor, processor, "processor", "preprocessor_config.json")
+        clip = (
+            model if isinstance(model, CLIPModel) else _from_pretrained(CLIPModel, model, "model", "model.safetensors")
+        )
+        if isinstance(processor, tuple):
+            self.tokenizer, image_processor = processor
+        else:
+            self.tokenizer = _from_pretrained(AutoTokenizer, processor, "processor", "tokenizer.json")
+            image_processor = _from_pretrained(CLIPImageProcessor, processor, "processor", "preprocessor_config.json")
         self.model = clip.to(device=device, dtype=dtype).eval().requires_grad_(False)
         self.image_size = image_processor.crop_size["height"]
         self.resize_to = image_processor.size["shortest_edge"]
