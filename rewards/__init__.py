@@ -10,13 +10,14 @@ device and dtype, and scores in chunks of its `batch_size`:
 Heavy libraries (open_clip, transformers, timm) are imported when a model is built, not here.
 """
 
-from diffsteer.rewards import aesthetic, clip, hps, pickscore, pixel  # noqa: F401  (registers the built-in rewards)
+from diffsteer.rewards import aesthetic, clip, hps, image_reward, pickscore, pixel  # noqa: F401  (registers them)
 from diffsteer.rewards.aesthetic import AestheticScore
 from diffsteer.rewards.base import Reward
 from diffsteer.rewards.clip import CLIPScore
 from diffsteer.rewards.combinators import Negated, RankEnsemble, Scaled, WeightedSum, from_function
 from diffsteer.rewards.hps import HPSv2
 from diffsteer.rewards.hub import RewardWeightsNotFoundError
+from diffsteer.rewards.image_reward import ImageReward
 from diffsteer.rewards.pickscore import PickScore
 from diffsteer.rewards.pixel import Brightness, Colorfulness, JpegCompressibility, JpegIncompressibility, TargetColor
 from diffsteer.rewards.registry import RewardSpec, available, load, register
@@ -28,6 +29,7 @@ __all__ = [
     "CLIPScore",
     "Colorfulness",
     "HPSv2",
+    "ImageReward",
     "JpegCompressibility",
     "JpegIncompressibility",
     "Negated",
