@@ -1,6 +1,6 @@
 """The reward interface: `reward(images, prompts) -> Tensor[N]`, batched, on any device and dtype."""
 
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from contextlib import nullcontext
 
 import torch
@@ -102,6 +102,13 @@ class Reward(torch.nn.Module):
         from diffsteer.rewards.combinators import Negated
 
         return Negated(self)
+
+
+def encode_per_prompt(prompts: list[str], encode: Callable[[list[str]], torch.Tensor]) -> torch.Tensor:
+    """`encode(distinct prompts)` expanded to one row per prompt: particles share their prompt, so each distinct
+    prompt is encoded once."""
+    rows = {prompt: row for row, prompt in enumerate(dict.fromkeys(prompts))}
+    return encode(list(rows))[[rows[prompt] for prompt in prompts]]
 
 
 def check_images(images: torch.Tensor) -> None:

@@ -15,6 +15,7 @@ from diffsteer.rewards.registry import register
 
 
 HPS_FILES = {"v2.0": "HPS_v2_compressed.pt", "v2.1": "HPS_v2.1_compressed.pt"}
+HPS_NAMES = {"v2.0": "hpsv2", "v2.1": "hpsv2.1"}
 
 
 class HPSv2(OpenCLIPReward):
@@ -66,39 +67,28 @@ class HPSv2(OpenCLIPReward):
         return (self.image_features(images) * self.text_features(prompts)).sum(-1)
 
 
-@register(
-    "hpsv2",
-    source="hub: xswu/HPSv2 (HPS_v2_compressed.pt)",
-    needs_download=True,
-    differentiable=True,
-    summary="Human Preference Score v2.0 (open_clip ViT-H-14)",
-)
-def hpsv2(
-    checkpoint: str | os.PathLike | None = "xswu/HPSv2",
-    *,
-    model_name: str = "ViT-H-14",
-    device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
-    batch_size: int | None = 8,
-) -> HPSv2:
-    """HPSv2.0; see `HPSv2`."""
-    return HPSv2(checkpoint, "v2.0", model_name=model_name, device=device, dtype=dtype, batch_size=batch_size)
+def _register_version(version: str) -> None:
+    """Register `HPSv2` at one checkpoint version under its own name (`hpsv2` is v2.0, `hpsv2.1` is v2.1)."""
+
+    def factory(
+        checkpoint: str | os.PathLike | None = "xswu/HPSv2",
+        *,
+        model_name: str = "ViT-H-14",
+        device: str | torch.device | None = None,
+        dtype: torch.dtype | None = None,
+        batch_size: int | None = 8,
+    ) -> HPSv2:
+        return HPSv2(checkpoint, version, model_name=model_name, device=device, dtype=dtype, batch_size=batch_size)
+
+    factory.__doc__ = f"HPS{version}; see `HPSv2`."
+    register(
+        HPS_NAMES[version],
+        source=f"hub: xswu/HPSv2 ({HPS_FILES[version]})",
+        needs_download=True,
+        differentiable=True,
+        summary=f"Human Preference Score {version} (open_clip ViT-H-14)",
+    )(factory)
 
 
-@register(
-    "hpsv2.1",
-    source="hub: xswu/HPSv2 (HPS_v2.1_compressed.pt)",
-    needs_download=True,
-    differentiable=True,
-    summary="Human Preference Score v2.1 (open_clip ViT-H-14)",
-)
-def hpsv2_1(
-    checkpoint: str | os.PathLike | None = "xswu/HPSv2",
-    *,
-    model_name: str = "ViT-H-14",
-    device: str | torch.device | None = None,
-    dtype: torch.dtype | None = None,
-    batch_size: int | None = 8,
-) -> HPSv2:
-    """HPSv2.1; see `HPSv2`."""
-    return HPSv2(checkpoint, "v2.1", model_name=model_name, device=device, dtype=dtype, batch_size=batch_size)
+for _version in HPS_FILES:
+    _register_version(_version)

@@ -36,10 +36,20 @@ def weights_error(
     reward: str, repo_id: str, filename: str, option: str, error: BaseException
 ) -> RewardWeightsNotFoundError:
     """The offline error: the hub id tried, why it failed, and how to pass a local path instead."""
-    offline = " (HF_HUB_OFFLINE=1 is set)" if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true") else ""
-    reason = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+    reason = first_line(error) or type(error).__name__
     return RewardWeightsNotFoundError(
-        f"Reward {reward!r}: could not get {filename!r} from the hub id {repo_id!r}{offline}: {reason}. Download it "
-        f"where the hub is reachable (hf download {repo_id} {filename}) and pass the local path: "
+        f"Reward {reward!r}: could not get {filename!r} from the hub id {repo_id!r}{offline_note()}: {reason}. "
+        f"Download it where the hub is reachable (hf download {repo_id} {filename}) and pass the local path: "
         f"diffsteer.rewards.load({reward!r}, {option}='/path/to/{filename}' or its folder)."
     )
+
+
+def offline_note() -> str:
+    """ " (HF_HUB_OFFLINE=1 is set)" when it is, for error messages about downloads."""
+    return " (HF_HUB_OFFLINE=1 is set)" if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true") else ""
+
+
+def first_line(error: BaseException) -> str:
+    """The first line of an error's message (library errors run to many lines of advice)."""
+    text = str(error).strip()
+    return text.splitlines()[0] if text else ""

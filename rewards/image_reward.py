@@ -23,7 +23,7 @@ from torch import nn
 
 from diffsteer.rewards.base import Reward
 from diffsteer.rewards.blip import BlipTextEncoder, TextConfig
-from diffsteer.rewards.hub import RewardWeightsNotFoundError, resolve_file
+from diffsteer.rewards.hub import RewardWeightsNotFoundError, first_line, offline_note, resolve_file
 from diffsteer.rewards.registry import register
 from diffsteer.rewards.transforms import OPENAI_CLIP_MEAN, OPENAI_CLIP_STD, normalize, resize_center_crop
 
@@ -378,15 +378,14 @@ def _load_bert_tokenizer(source: str) -> Any:
     try:
         return BertTokenizer.from_pretrained(source)
     except OSError as error:
-        raise _tokenizer_error(source, str(error).strip().splitlines()[0] if str(error).strip() else "") from None
+        raise _tokenizer_error(source, first_line(error)) from None
 
 
 def _tokenizer_error(source: str, reason: str) -> RewardWeightsNotFoundError:
     """The error for a tokenizer that could not be loaded: which one, and how to pass a local folder."""
-    offline = " (HF_HUB_OFFLINE=1 is set)" if os.environ.get("HF_HUB_OFFLINE", "").lower() in ("1", "true") else ""
     return RewardWeightsNotFoundError(
-        f"Reward {_REWARD!r}: the tokenizer {source!r} could not be loaded{offline}: {reason}. Download it where the "
-        f"hub is reachable (hf download {TOKENIZER_ID} vocab.txt) and pass its folder: "
+        f"Reward {_REWARD!r}: the tokenizer {source!r} could not be loaded{offline_note()}: {reason}. Download it "
+        f"where the hub is reachable (hf download {TOKENIZER_ID} vocab.txt) and pass its folder: "
         f"diffsteer.rewards.load({_REWARD!r}, tokenizer='/path/to/{TOKENIZER_ID}')."
     )
 

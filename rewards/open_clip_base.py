@@ -8,7 +8,7 @@ from typing import Any
 
 import torch
 
-from diffsteer.rewards.base import Reward
+from diffsteer.rewards.base import Reward, encode_per_prompt
 from diffsteer.rewards.hub import weights_error
 from diffsteer.rewards.transforms import normalize, resize_center_crop, resize_longest_pad
 
@@ -88,7 +88,7 @@ class OpenCLIPReward(Reward):
 
     def text_features(self, prompts: list[str]) -> torch.Tensor:
         """L2-normalised text embeddings, one row per prompt; each distinct prompt is encoded once."""
-        unique = list(dict.fromkeys(prompts))
         device = next(self.model.parameters()).device
-        features = self.model.encode_text(self.tokenizer(unique).to(device), normalize=True)
-        return features[[unique.index(prompt) for prompt in prompts]]
+        return encode_per_prompt(
+            prompts, lambda unique: self.model.encode_text(self.tokenizer(unique).to(device), normalize=True)
+        )

@@ -5,7 +5,7 @@ from typing import TYPE_CHECKING, Any
 
 import torch
 
-from diffsteer.rewards.base import Reward
+from diffsteer.rewards.base import Reward, encode_per_prompt
 from diffsteer.rewards.hub import weights_error
 from diffsteer.rewards.registry import register
 from diffsteer.rewards.transforms import normalize, resize_center_crop
@@ -68,16 +68,19 @@ class PickScore(Reward):
         pixels = resize_center_crop(self.to_model(images), self.resize_to)
         pixels = normalize(resize_center_crop(pixels, self.image_size), self.mean, self.std)
         image_embeds = self.model.visual_projection(self.model.vision_model(pixel_values=pixels).pooler_output)
-        unique = list(dict.fromkeys(prompts))
-        # Padding to a fixed length keeps a prompt's tokens (and so its score) independent of the rest of the batch.
-        tokens = self.tokenizer(
-            unique, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
-        )
-        tokens = tokens.to(image_embeds.device)
-        text = self.model.text_model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).pooler_output
-        text_embeds = self.model.text_projection(text)[[unique.index(prompt) for prompt in prompts]]
+        text_embeds = encode_per_prompt(prompts, lambda unique: self.text_embeds(unique, image_embeds.device))
         cosine = torch.nn.functional.cosine_similarity(image_embeds, text_embeds, dim=-1)
         return self.model.logit_scale.exp() * cosine
+
+    def text_embeds(self, prompts: list[str], device: torch.device) -> torch.Tensor:
+        """Projected text embeddings of distinct prompts."""
+        # Padding to a fixed length keeps a prompt's tokens (and so its score) independent of the rest of the batch.
+        tokens = self.tokenizer(
+            prompts, padding="max_length", truncation=True, max_length=self.max_length, return_tensors="pt"
+        )
+        tokens = tokens.to(device)
+        text = self.model.text_model(input_ids=tokens.input_ids, attention_mask=tokens.attention_mask).pooler_output
+        return self.model.text_projection(text)
 
 
 def _from_pretrained(cls: Any, source: str | os.PathLike, option: str, filename: str) -> Any:

@@ -182,8 +182,13 @@ def test_rank_ensemble_is_the_mean_of_scipy_ranks_with_ties():
 
 def test_rank_ensemble_is_never_chunked():
     part = CountingReward(batch_size=2)
-    RankEnsemble([part])(random_images(5))
+    ensemble = RankEnsemble([part])
+    ensemble.batch_size = 2  # a batch-relative reward sees the whole batch even when a chunk size is set
+    images = random_images(5)
+    scores = ensemble(images)
     assert part.chunks == [2, 2, 1]  # the part chunks itself; the ranks still see all five images
+    np.testing.assert_allclose(scores.numpy(), rankdata(part(images).numpy()), atol=1e-6)
+    assert sorted(scores.tolist()) == [1.0, 2.0, 3.0, 4.0, 5.0]
 
 
 # Weight-free rewards ----------------------------------------------------------------------------------------------
