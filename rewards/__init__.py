@@ -10,7 +10,7 @@ device and dtype, and scores in chunks of its `batch_size`:
 Heavy libraries (open_clip, transformers, timm) are imported when a model is built, not here.
 """
 
-from diffsteer.rewards import aesthetic, clip, hps, image_reward, pickscore, pixel  # noqa: F401  (registers them)
+from diffsteer.rewards import aesthetic, clip, hps, image_reward, pickscore, pixel, shapes  # noqa: F401  (registers)
 from diffsteer.rewards.aesthetic import AestheticScore
 from diffsteer.rewards.base import Reward
 from diffsteer.rewards.clip import CLIPScore
@@ -21,6 +21,7 @@ from diffsteer.rewards.image_reward import ImageReward
 from diffsteer.rewards.pickscore import PickScore
 from diffsteer.rewards.pixel import Brightness, Colorfulness, JpegCompressibility, JpegIncompressibility, TargetColor
 from diffsteer.rewards.registry import RewardSpec, available, load, register
+from diffsteer.rewards.shapes import ShapesCLIP, ShapesEval
 
 
 __all__ = [
@@ -39,6 +40,8 @@ __all__ = [
     "RewardSpec",
     "RewardWeightsNotFoundError",
     "Scaled",
+    "ShapesCLIP",
+    "ShapesEval",
     "TargetColor",
     "WeightedSum",
     "available",
