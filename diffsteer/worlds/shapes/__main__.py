@@ -1,0 +1,127 @@
+"""`python -m diffsteer.worlds.shapes train --config configs/shapes.yaml`: train the shapes world.
+
+Stages: `vae` (the autoencoder), `unet` (the UNet and text encoder on the autoencoder's latents), `clip` (the
+`shapes-clip` reward); `all` runs the three in order. Weights go to `--out` (by default the package's own folder,
+which is what ships), with the losses in `training_log.json`.
+"""
+
+import argparse
+import hashlib
+import json
+import sys
+from pathlib import Path
+
+import numpy as np
+import torch
+import yaml
+
+from diffsteer.worlds.shapes import CLIP_PATH, MODEL_PATH
+
+
+STAGES = ("vae", "unet", "clip")
+
+
+def _dataset(config: dict, cache: Path) -> tuple[np.ndarray, list[str]]:
+    from diffsteer.worlds.shapes.training import render_dataset
+
+    key = hashlib.sha1(json.dumps([config["data"], config["seed"]], sort_keys=True).encode()).hexdigest()[:12]
+    path = cache / f"shapes-scenes-{key}.npz"
+    if path.exists():
+        data = np.load(path)
+        return data["images"], data["captions"].tolist()
+    print(f"rendering {config['data']['scenes']} scenes ...", flush=True)
+    images, captions = render_dataset(config["data"]["scenes"], config["data"]["mixed_fraction"], config["seed"])
+    cache.mkdir(parents=True, exist_ok=True)
+    np.savez(path, images=images, captions=np.array(captions))
+    return images, captions
+
+
+def train(config_path: Path, out: Path, stages: list[str], cache: Path) -> None:
+    from diffusers import StableDiffusionPipeline
+
+    from diffsteer.worlds.shapes import components as build
+    from diffsteer.worlds.shapes import training
+
+    config = yaml.safe_load(config_path.read_text())
+    seed = config["seed"]
+    images, captions = _dataset(config, cache)
+    pipeline_dir, clip_dir = out / MODEL_PATH.name, out / CLIP_PATH.name
+    if "vae" in stages:
+        torch.manual_seed(seed)
+        vae = build.build_vae(config["vae"]["model"])
+        rows = training.train_vae(vae, images, config["vae"], seed)
+        vae.save_pretrained(pipeline_dir / "vae")
+        training.write_log(pipeline_dir / "training_log.json", "vae", rows, {"config": config["vae"]})
+    if "unet" in stages:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(pipeline_dir / "vae").eval()
+        means, stds = training.encode_latents(vae, images)
+        scaling_factor = round(1.0 / float(means.std()), 5)
+        vae.register_to_config(scaling_factor=scaling_factor)
+        torch.manual_seed(seed + 1)
+        tokenizer = build.build_tokenizer(pipeline_dir / "tokenizer")
+        text_encoder = build.build_text_encoder(tokenizer, config["text_encoder"])
+        unet = build.build_unet(config["unet"]["model"])
+        scheduler = build.build_scheduler(config["scheduler"])
+        unet_config = {**config["unet"], "scaling_factor": scaling_factor}
+        rows, unet_ema, text_ema = training.train_unet(
+            unet, text_encoder, tokenizer, scheduler, (means, stds), captions, unet_config, seed + 1
+        )
+        unet.load_state_dict(unet_ema, strict=False)
+        text_encoder.load_state_dict(text_ema, strict=False)
+        pipeline = StableDiffusionPipeline(
+            vae=vae,
+            text_encoder=text_encoder,
+            tokenizer=tokenizer,
+            unet=unet,
+            scheduler=scheduler,
+            safety_checker=None,
+            feature_extractor=None,
+            requires_safety_checker=False,
+        )
+        pipeline.save_pretrained(pipeline_dir)
+        extra = {"config": config["unet"], "scaling_factor": scaling_factor, "text_encoder": config["text_encoder"]}
+        training.write_log(pipeline_dir / "training_log.json", "unet", rows, extra)
+    if "clip" in stages:
+        import open_clip
+        from safetensors.torch import save_file
+
+        clip_dir.mkdir(parents=True, exist_ok=True)
+        config_file = clip_dir / f"{build.CLIP_MODEL_NAME}.json"
+        config_file.write_text(json.dumps(build.open_clip_config(config["clip"]), indent=1) + "\n")
+        from diffsteer.rewards.shapes import register_open_clip_config
+
+        register_open_clip_config(clip_dir)
+        torch.manual_seed(seed + 2)
+        model = open_clip.create_model(build.CLIP_MODEL_NAME, pretrained=None)
+        tokenizer = open_clip.get_tokenizer(build.CLIP_MODEL_NAME)
+        rows = training.train_clip(model, tokenizer, images, captions, config["clip"], seed + 2)
+        # Half precision on disk halves the file (the 49408-token embedding is most of it); loading casts back.
+        save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, clip_dir / "model.safetensors")
+        training.write_log(clip_dir / "training_log.json", "clip", rows, {"config": config["clip"]})
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(prog="python -m diffsteer.worlds.shapes", description=__doc__.split("\n")[0])
+    commands = parser.add_subparsers(dest="command", required=True)
+    command = commands.add_parser("train", help="train the shapes world's model and CLIP reward from a YAML config")
+    command.add_argument("--config", type=Path, default=Path("configs/shapes.yaml"), help="the training recipe")
+    command.add_argument("--out", type=Path, default=MODEL_PATH.parent, help="where the weights go (the package)")
+    command.add_argument("--stage", choices=[*STAGES, "all"], default="all", help="train one stage, or all in order")
+    command.add_argument(
+        "--cache", type=Path, default=Path.home() / ".cache" / "diffsteer", help="where rendered scenes are cached"
+    )
+    command.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    args = parser.parse_args(argv)
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    if not args.config.exists():
+        print(f"python -m diffsteer.worlds.shapes: error: no config file {args.config}", file=sys.stderr)
+        return 2
+    train(args.config, args.out, list(STAGES) if args.stage == "all" else [args.stage], args.cache)
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
