@@ -64,6 +64,50 @@ def _gmm(args: argparse.Namespace) -> None:
         print(f"note: {change}")
 
 
+def _generate(args: argparse.Namespace) -> None:
+    """Generate an image for PROMPT, spending up to --budget plain samples' worth of denoising on FK steering or
+    best-of-N against --reward; writes the image, every particle and summary.json to --out."""
+    from pathlib import Path
+
+    from diffsteer import generate as gen
+    from diffsteer.rewards import available
+    from diffsteer.rewards import load as load_reward
+
+    plan = gen.plan_budget(args.method, args.budget, args.particles, args.steps)
+    if args.reward not in {spec.name for spec in available()}:
+        load_reward(args.reward)  # raises the registry's error, which lists the known names
+    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    pipeline = gen.load_pipeline(args.model, device)
+    gen.check_prompt(pipeline, args.prompt)
+    reward = load_reward(args.reward).to(device)
+    fk_options = {} if args.lmbda is None else {"lmbda": args.lmbda}
+    print(plan.describe(), file=sys.stderr)
+    output = gen.generate(
+        pipeline, args.prompt, reward, plan, guidance_scale=args.guidance_scale, seed=args.seed, fk_options=fk_options
+    )
+    summary = gen.summarize(
+        output,
+        prompt=args.prompt,
+        model=str(args.model),
+        reward_name=args.reward,
+        plan=plan,
+        method=gen.make_method(plan, **fk_options),
+        guidance_scale=args.guidance_scale,
+        seed=args.seed,
+        judge=gen.is_shapes_model(args.model),
+    )
+    out = Path(args.out)
+    gen.write_outputs(out, output, summary)
+    verdict = summary.get("evaluator")
+    judged = ""
+    if isinstance(verdict, dict):
+        judged = f"; evaluator: {'correct' if verdict['selected']['correct'] else 'incorrect'}"
+    print(
+        f"wrote {out / 'image.png'} (reward {summary['rewards']['selected']:.3f}{judged}), "
+        f"{len(summary['files']['particles'])} particles and {out / 'summary.json'}"
+    )
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(
         prog="diffsteer", description="Inference-time steering of diffusion models (FK steering, best-of-N)."
@@ -82,6 +126,41 @@ def build_parser() -> argparse.ArgumentParser:
     gmm.add_argument("--steps", type=int, default=100, help="DDPM steps (default 100)")
     gmm.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
     gmm.set_defaults(run=_gmm)
+
+    from diffsteer.generate import METHODS, SHAPES_MODEL
+
+    generate = commands.add_parser(
+        "generate",
+        help="generate an image for a prompt under a compute budget (FK steering or best-of-N)",
+        description=_generate.__doc__,
+    )
+    generate.add_argument("prompt", help="what to draw, e.g. 'a red circle left of a blue square'")
+    generate.add_argument(
+        "--model",
+        default=SHAPES_MODEL,
+        help=f"'{SHAPES_MODEL}' (the embedded shapes model, default), a local diffusers folder or a hub id",
+    )
+    generate.add_argument(
+        "--reward", default="shapes-clip", help="a name from diffsteer.rewards.available() (default shapes-clip)"
+    )
+    generate.add_argument(
+        "--method", choices=METHODS, default="fk", help="fk (FK steering, default) or bon (best-of-N)"
+    )
+    generate.add_argument(
+        "--budget",
+        type=float,
+        default=None,
+        help="denoiser cost allowed, in plain samples (default: --particles, else 4); the method turns it into "
+        "particles",
+    )
+    generate.add_argument("--particles", type=int, default=None, help="particles N (default: floor of --budget)")
+    generate.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
+    generate.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance (default 3.0)")
+    generate.add_argument("--lmbda", type=float, default=None, help="FK tilt strength lambda (default: the method's)")
+    generate.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    generate.add_argument("--out", default="diffsteer-output", help="output folder (default ./diffsteer-output)")
+    generate.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
+    generate.set_defaults(run=_generate)
     return parser
 
 
@@ -89,8 +168,9 @@ def main(argv: list[str] | None = None) -> int:
     args = build_parser().parse_args(argv)
     try:
         args.run(args)
-    except ValueError as error:
-        print(f"diffsteer: error: {error}", file=sys.stderr)
+    except (ValueError, OSError) as error:  # bad input and missing files or weights: one line, no traceback
+        message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
+        print(f"diffsteer: error: {message}", file=sys.stderr)
         return 2
     return 0
 
