@@ -34,8 +34,15 @@ def run(args: argparse.Namespace) -> dict[tuple[str, str], list[tuple[bool, floa
             for seed in range(args.seeds):
                 for column, method, budget in columns:
                     plan = gen.plan_budget(method, budget, None, args.steps)
+                    method = gen.make_method(plan)
                     output = gen.generate(
-                        pipeline, prompt, reward, plan, guidance_scale=args.guidance_scale, seed=seed
+                        pipeline,
+                        prompt,
+                        reward,
+                        method,
+                        steps=plan.steps,
+                        guidance_scale=args.guidance_scale,
+                        seed=seed,
                     )
                     image = np.asarray(output.images[0].convert("RGB"))
                     selected = int(output.selected_indices[0, 0])

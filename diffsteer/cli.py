@@ -70,20 +70,19 @@ def _generate(args: argparse.Namespace) -> None:
     from pathlib import Path
 
     from diffsteer import generate as gen
-    from diffsteer.rewards import available
+    from diffsteer.rewards import get_spec
     from diffsteer.rewards import load as load_reward
 
     plan = gen.plan_budget(args.method, args.budget, args.particles, args.steps)
-    if args.reward not in {spec.name for spec in available()}:
-        load_reward(args.reward)  # raises the registry's error, which lists the known names
+    get_spec(args.reward)  # an unknown reward fails before the model loads
     device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
     pipeline = gen.load_pipeline(args.model, device)
     gen.check_prompt(pipeline, args.prompt)
     reward = load_reward(args.reward).to(device)
-    fk_options = {} if args.lmbda is None else {"lmbda": args.lmbda}
+    method = gen.make_method(plan, **({} if args.lmbda is None else {"lmbda": args.lmbda}))
     print(plan.describe(), file=sys.stderr)
     output = gen.generate(
-        pipeline, args.prompt, reward, plan, guidance_scale=args.guidance_scale, seed=args.seed, fk_options=fk_options
+        pipeline, args.prompt, reward, method, steps=plan.steps, guidance_scale=args.guidance_scale, seed=args.seed
     )
     summary = gen.summarize(
         output,
@@ -91,7 +90,7 @@ def _generate(args: argparse.Namespace) -> None:
         model=str(args.model),
         reward_name=args.reward,
         plan=plan,
-        method=gen.make_method(plan, **fk_options),
+        method=method,
         guidance_scale=args.guidance_scale,
         seed=args.seed,
         judge=gen.is_shapes_model(args.model),

@@ -94,8 +94,9 @@ def load_pipeline(model: str | os.PathLike, device: str | torch.device = "cpu") 
     from diffsteer.pipelines import AutoSteeringPipeline
     from diffsteer.worlds.shapes import MODEL_PATH
 
-    path = MODEL_PATH if str(model) == SHAPES_MODEL else model
-    if str(model) == SHAPES_MODEL and not (MODEL_PATH / "model_index.json").is_file():
+    embedded = str(model) == SHAPES_MODEL
+    path = MODEL_PATH if embedded else model
+    if embedded and not (MODEL_PATH / "model_index.json").is_file():
         raise ValueError(f"The embedded shapes model is missing from {MODEL_PATH}; reinstall diffsteer.")
     # Loading bars of diffusers and transformers would bury the one progress bar that matters (denoising).
     import diffusers.utils.logging
@@ -141,23 +142,15 @@ def check_prompt(pipeline: Any, prompt: str) -> None:
 
 
 def generate(
-    pipeline: Any,
-    prompt: str,
-    reward: Any,
-    plan: BudgetPlan,
-    *,
-    guidance_scale: float,
-    seed: int,
-    fk_options: dict[str, Any] | None = None,
+    pipeline: Any, prompt: str, reward: Any, method: FK | BestOfN, *, steps: int, guidance_scale: float, seed: int
 ) -> Any:
     """One steered generation: the pipeline's output (images, particles, rewards, ledger)."""
-    method = make_method(plan, **(fk_options or {}))
     generator = torch.Generator(pipeline.device).manual_seed(seed)
     return pipeline(
         prompt,
         reward=reward,
         method=method,
-        num_inference_steps=plan.steps,
+        num_inference_steps=steps,
         guidance_scale=guidance_scale,
         generator=generator,
     )
@@ -209,7 +202,7 @@ def summarize(
     model: str,
     reward_name: str,
     plan: BudgetPlan,
-    method: Any,
+    method: FK | BestOfN,
     guidance_scale: float,
     seed: int,
     judge: bool,
@@ -217,14 +210,11 @@ def summarize(
     """The JSON summary of a run (everything but the file names)."""
     ledger = {key: value for key, value in asdict(output.cost).items() if not key.startswith("_")}
     selected = int(output.selected_indices[0, 0])
-    settings = (
-        {k: v for k, v in asdict(method).items()} if plan.method == "fk" else {"num_particles": plan.num_particles}
-    )
     summary: dict[str, Any] = {
         "prompt": prompt,
         "model": model,
         "reward": reward_name,
-        "method": {"name": plan.method, "settings": settings},
+        "method": {"name": plan.method, "settings": asdict(method)},
         "budget": {
             "requested": plan.budget,
             "spent": plan.spent,

@@ -44,7 +44,15 @@ def main() -> None:
         cells = []
         for index, (title, method, budget) in enumerate(columns):
             plan = gen.plan_budget(method, budget, None, args.steps)
-            output = gen.generate(pipeline, prompt, reward, plan, guidance_scale=args.guidance_scale, seed=args.seed)
+            output = gen.generate(
+                pipeline,
+                prompt,
+                reward,
+                gen.make_method(plan),
+                steps=plan.steps,
+                guidance_scale=args.guidance_scale,
+                seed=args.seed,
+            )
             image = output.images[0].convert("RGB")
             name = f"{category}-{index}.png"
             image.resize((image.width * SCALE, image.height * SCALE), Image.NEAREST).save(images_dir / name)

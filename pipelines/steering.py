@@ -20,7 +20,7 @@ from diffsteer.methods import FK, BestOfN
 from diffsteer.outputs import CostLedger
 from diffsteer.pipelines.pipeline_output import SteeringPipelineOutput
 from diffsteer.processes.scheduler_process import STOCHASTIC_MODES, SchedulerProcess, Step
-from diffsteer.rewards import available as available_rewards
+from diffsteer.rewards import get_spec as get_reward_spec
 from diffsteer.rewards import load as load_reward
 from diffsteer.smc.particles import Particles
 
@@ -316,8 +316,7 @@ def _check_steering_inputs(
     if not isinstance(method, FK | BestOfN):
         raise ValueError(f"method must be diffsteer.FK(...), diffsteer.BestOfN(...) or None, got {method!r}.")
     if isinstance(reward, str):
-        if reward not in {spec.name for spec in available_rewards()}:
-            load_reward(reward)  # raises the registry's error, which lists the known names
+        get_reward_spec(reward)  # an unknown name fails here, before any model is built
     elif not callable(reward):
         raise ValueError(
             f"reward must be a name from diffsteer.rewards.available() or a callable reward(images, prompts) -> "

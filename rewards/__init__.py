@@ -20,7 +20,7 @@ from diffsteer.rewards.hub import RewardWeightsNotFoundError
 from diffsteer.rewards.image_reward import ImageReward
 from diffsteer.rewards.pickscore import PickScore
 from diffsteer.rewards.pixel import Brightness, Colorfulness, JpegCompressibility, JpegIncompressibility, TargetColor
-from diffsteer.rewards.registry import RewardSpec, available, load, register
+from diffsteer.rewards.registry import RewardSpec, available, get_spec, load, register
 from diffsteer.rewards.shapes import ShapesCLIP, ShapesEval
 
 
@@ -46,6 +46,7 @@ __all__ = [
     "WeightedSum",
     "available",
     "from_function",
+    "get_spec",
     "load",
     "register",
 ]

@@ -65,6 +65,20 @@ def available() -> list[RewardSpec]:
     return [_REGISTRY[name] for name in sorted(_REGISTRY)]
 
 
+def get_spec(name: str) -> RewardSpec:
+    """The registration of `name`, without building the reward.
+
+    Raises:
+        ValueError: for an unknown name, listing the known ones.
+    """
+    if name not in _REGISTRY:
+        known = ", ".join(sorted(_REGISTRY))
+        raise ValueError(
+            f"Unknown reward {name!r}; available rewards: {known}. Add one with diffsteer.rewards.register."
+        )
+    return _REGISTRY[name]
+
+
 def load(name: str, **options: object) -> Reward:
     """Build the reward registered as `name` with its keyword `options` (for example a local weights path).
 
@@ -72,12 +86,7 @@ def load(name: str, **options: object) -> Reward:
         ValueError: for an unknown name (listing the known ones) or an option the reward does not take.
         OSError: when its weights are neither local nor reachable on the hub (the message names the hub id).
     """
-    if name not in _REGISTRY:
-        known = ", ".join(sorted(_REGISTRY))
-        raise ValueError(
-            f"Unknown reward {name!r}; available rewards: {known}. Add one with diffsteer.rewards.register."
-        )
-    factory = _REGISTRY[name].factory
+    factory = get_spec(name).factory
     signature = inspect.signature(factory)
     try:
         signature.bind(**options)

@@ -90,8 +90,8 @@ def test_generate_writes_images_and_a_summary(embedded, tmp_path, capsys, method
     assert sorted(p.name for p in out.iterdir()) == ["image.png", "particle-0.png", "particle-1.png", "summary.json"]
     assert set(summary) >= {"prompt", "model", "reward", "method", "budget", "rewards", "ledger", "evaluator", "files"}
     assert summary["method"]["name"] == method and summary["budget"]["num_particles"] == 2
-    # Two particles x three steps, each a guided UNet call on two rows: four times a plain sample's 6 rows... no,
-    # a plain sample is 3 steps x 2 rows = 6 rows; the run spends 2 x 6 = 12.
+    # A plain sample is 3 steps of a guided UNet call on 2 rows (conditional and unconditional) = 6 rows; two
+    # particles spend 2 x 6 = 12.
     assert summary["ledger"]["model_rows"] == 12 and summary["budget"]["plain_denoiser_rows"] == 6
     assert len(summary["rewards"]["particles"]) == 2
     assert set(summary["evaluator"]["selected"]) == {"correct", "checks", "objects"}

@@ -14,6 +14,8 @@ from pathlib import Path
 
 from tokenizers import Tokenizer, decoders, models, pre_tokenizers, processors
 
+from diffsteer.worlds.shapes.components import word_merges
+
 
 HERE = Path(__file__).parent
 WORDS = [
@@ -81,13 +83,10 @@ def clip_files() -> None:
         add(char + "</w>")
     merges: list[str] = []
     for word in WORDS:
-        pieces = [*word[:-1], word[-1] + "</w>"]
-        while len(pieces) > 1:
-            merge = f"{pieces[0]} {pieces[1]}"
-            if merge not in merges:
-                merges.append(merge)
-            add(pieces[0] + pieces[1])
-            pieces = [pieces[0] + pieces[1], *pieces[2:]]
+        for left, right in word_merges(word):
+            if f"{left} {right}" not in merges:
+                merges.append(f"{left} {right}")
+            add(left + right)
     (HERE / "vocab.json").write_text(json.dumps(vocab, indent=0) + "\n")
     (HERE / "merges.txt").write_text("#version: 0.2\n" + "\n".join(merges) + "\n")
 

@@ -88,14 +88,14 @@ def train(config_path: Path, out: Path, stages: list[str], cache: Path) -> None:
         from safetensors.torch import save_file
 
         clip_dir.mkdir(parents=True, exist_ok=True)
-        config_file = clip_dir / f"{build.CLIP_MODEL_NAME}.json"
-        config_file.write_text(json.dumps(build.open_clip_config(config["clip"]), indent=1) + "\n")
-        from diffsteer.rewards.shapes import register_open_clip_config
+        from diffsteer.rewards.shapes import CLIP_MODEL_NAME, register_open_clip_config
 
+        config_file = clip_dir / f"{CLIP_MODEL_NAME}.json"
+        config_file.write_text(json.dumps(build.open_clip_config(config["clip"]), indent=1) + "\n")
         register_open_clip_config(clip_dir)
         torch.manual_seed(seed + 2)
-        model = open_clip.create_model(build.CLIP_MODEL_NAME, pretrained=None)
-        tokenizer = open_clip.get_tokenizer(build.CLIP_MODEL_NAME)
+        model = open_clip.create_model(CLIP_MODEL_NAME, pretrained=None)
+        tokenizer = open_clip.get_tokenizer(CLIP_MODEL_NAME)
         rows = training.train_clip(model, tokenizer, images, captions, config["clip"], seed + 2)
         # Half precision on disk halves the file (the 49408-token embedding is most of it); loading casts back.
         save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, clip_dir / "model.safetensors")

@@ -12,7 +12,16 @@ from diffsteer.worlds.shapes.captions import VOCABULARY
 
 
 MAX_TOKENS = 20  # the longest caption (four different coloured shapes) is 17 tokens with its start and end tokens
-CLIP_MODEL_NAME = "shapes-clip"
+
+
+def word_merges(word: str) -> list[tuple[str, str]]:
+    """The chain of byte-pair merges that builds `word` (with CLIP's `</w>` end-of-word mark) from its first letter."""
+    pieces = [*word[:-1], word[-1] + "</w>"]
+    merges = []
+    while len(pieces) > 1:
+        merges.append((pieces[0], pieces[1]))
+        pieces = [pieces[0] + pieces[1], *pieces[2:]]
+    return merges
 
 
 def write_tokenizer_files(directory: str | Path) -> None:
@@ -30,15 +39,12 @@ def write_tokenizer_files(directory: str | Path) -> None:
     add("<|startoftext|>")
     add("<|endoftext|>")
     for word in sorted(VOCABULARY, key=lambda w: (-len(w), w)):
-        pieces = [*word[:-1], word[-1] + "</w>"]
-        for piece in pieces:
+        for piece in [*word[:-1], word[-1] + "</w>"]:
             add(piece)
-        while len(pieces) > 1:
-            merge = f"{pieces[0]} {pieces[1]}"
-            if merge not in merges:
-                merges.append(merge)
-            add(pieces[0] + pieces[1])
-            pieces = [pieces[0] + pieces[1], *pieces[2:]]
+        for left, right in word_merges(word):
+            if f"{left} {right}" not in merges:
+                merges.append(f"{left} {right}")
+            add(left + right)
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
     (directory / "vocab.json").write_text(json.dumps(vocab, indent=0) + "\n")

@@ -87,11 +87,34 @@ def _schedule(warmup: int, total: int) -> Callable[[int], float]:
     return factor
 
 
+class _Optimizer:
+    """AdamW under the warm-up and cosine schedule, stepped on a loss (with optional gradient-norm clipping)."""
+
+    def __init__(
+        self,
+        parameters: list[torch.nn.Parameter],
+        config: dict[str, Any],
+        weight_decay: float,
+        warmup_steps: int,
+        clip_norm: float | None = None,
+    ) -> None:
+        self.parameters, self.clip_norm = parameters, clip_norm
+        self.optimizer = torch.optim.AdamW(parameters, lr=config["learning_rate"], weight_decay=weight_decay)
+        self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(warmup_steps, config["steps"]))
+
+    def step(self, loss: torch.Tensor) -> None:
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        if self.clip_norm is not None:
+            torch.nn.utils.clip_grad_norm_(self.parameters, self.clip_norm)
+        self.optimizer.step()
+        self.schedule.step()
+
+
 def train_vae(vae: torch.nn.Module, images: np.ndarray, config: dict[str, Any], seed: int) -> list[dict[str, float]]:
     """L1 reconstruction plus a small KL term, on the full 64x64 scenes."""
     generator = torch.Generator().manual_seed(seed)
-    optimizer = torch.optim.AdamW(vae.parameters(), lr=config["learning_rate"], weight_decay=0.0)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(50, config["steps"]))
+    optimizer = _Optimizer(list(vae.parameters()), config, weight_decay=0.0, warmup_steps=50)
     log = LossLog("vae", config["steps"])
     batches = _batches(len(images), config["batch_size"], generator)
     vae.train()
@@ -101,10 +124,7 @@ def train_vae(vae: torch.nn.Module, images: np.ndarray, config: dict[str, Any], 
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
         reconstruction = vae.decode(z).sample
         loss = F.l1_loss(reconstruction, x) + config["kl_weight"] * posterior.kl().mean()
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+        optimizer.step(loss)
         log.add(step, loss.item())
     vae.eval()
     return log.rows
@@ -138,8 +158,7 @@ def train_unet(
     generator = torch.Generator().manual_seed(seed)
     means, stds = latents
     parameters = [*unet.parameters(), *text_encoder.parameters()]
-    optimizer = torch.optim.AdamW(parameters, lr=config["learning_rate"], weight_decay=1e-2)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config["warmup_steps"], config["steps"]))
+    optimizer = _Optimizer(parameters, config, weight_decay=1e-2, warmup_steps=config["warmup_steps"], clip_norm=1.0)
     ema = {name: p.detach().clone() for name, p in _named(unet, text_encoder)}
     log = LossLog("unet", config["steps"])
     batches = _batches(len(captions), config["batch_size"], generator)
@@ -160,11 +179,7 @@ def train_unet(
         noisy = noise_scheduler.add_noise(z, noise, t)
         prediction = unet(noisy, t, encoder_hidden_states=text_encoder(ids)[0]).sample
         loss = F.mse_loss(prediction, noise)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        torch.nn.utils.clip_grad_norm_(parameters, 1.0)
-        optimizer.step()
-        scheduler.step()
+        optimizer.step(loss)
         with torch.no_grad():
             decay = min(config["ema_decay"], (1 + step) / (10 + step))
             for name, p in _named(unet, text_encoder):
@@ -203,8 +218,7 @@ def train_clip(
 
     generator = torch.Generator().manual_seed(seed)
     loss_fn = open_clip.ClipLoss()
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config["learning_rate"], weight_decay=0.1)
-    scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, _schedule(config["warmup_steps"], config["steps"]))
+    optimizer = _Optimizer(list(model.parameters()), config, weight_decay=0.1, warmup_steps=config["warmup_steps"])
     log = LossLog("clip", config["steps"])
     tokens = tokenizer(captions)
     model.train()
@@ -214,10 +228,7 @@ def train_clip(
         x = to_tensor(images[index])  # [-1, 1] is the model's normalisation (mean 0.5, std 0.5)
         image_features, text_features, logit_scale = model(_augment(x, generator), tokens[index])[:3]
         loss = loss_fn(image_features, text_features, logit_scale)
-        optimizer.zero_grad(set_to_none=True)
-        loss.backward()
-        optimizer.step()
-        scheduler.step()
+        optimizer.step(loss)
         log.add(step, loss.item())
     model.eval()
     return log.rows
