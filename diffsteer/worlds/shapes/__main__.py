@@ -1,8 +1,9 @@
 """`python -m diffsteer.worlds.shapes train --config configs/shapes.yaml`: train the shapes world.
 
-Stages: `vae` (the autoencoder), `unet` (the UNet and text encoder on the autoencoder's latents), `clip` (the
-`shapes-clip` reward); `all` runs the three in order. Weights go to `--out` (by default the package's own folder,
-which is what ships), with the losses in `training_log.json`.
+Stages: `vae` (the autoencoder), `decoder` (its decoder fine-tuned with the encoder frozen, so the latents do not
+change), `unet` (the UNet and text encoder on the autoencoder's latents), `clip` (the `shapes-clip` reward); `all`
+runs them in order. Weights go to `--out` (by default the package's own folder, which is what ships), with the
+losses in `training_log.json`.
 """
 
 import argparse
@@ -18,7 +19,7 @@ import yaml
 from diffsteer.worlds.shapes import CLIP_PATH, MODEL_PATH
 
 
-STAGES = ("vae", "unet", "clip")
+STAGES = ("vae", "decoder", "unet", "clip")
 
 
 def _dataset(config: dict, cache: Path) -> tuple[np.ndarray, list[str]]:
@@ -52,6 +53,13 @@ def train(config_path: Path, out: Path, stages: list[str], cache: Path) -> None:
         rows = training.train_vae(vae, images, config["vae"], seed)
         vae.save_pretrained(pipeline_dir / "vae")
         training.write_log(pipeline_dir / "training_log.json", "vae", rows, {"config": config["vae"]})
+    if "decoder" in stages:
+        from diffusers import AutoencoderKL
+
+        vae = AutoencoderKL.from_pretrained(pipeline_dir / "vae")
+        rows = training.train_decoder(vae, images, config["decoder"], seed + 3)
+        vae.save_pretrained(pipeline_dir / "vae")
+        training.write_log(pipeline_dir / "training_log.json", "decoder", rows, {"config": config["decoder"]})
     if "unet" in stages:
         from diffusers import AutoencoderKL
 

@@ -130,6 +130,36 @@ def train_vae(vae: torch.nn.Module, images: np.ndarray, config: dict[str, Any], 
     return log.rows
 
 
+def train_decoder(
+    vae: torch.nn.Module, images: np.ndarray, config: dict[str, Any], seed: int
+) -> list[dict[str, float]]:
+    """Fine-tune the decoder alone (L1 plus squared error) with the encoder frozen.
+
+    The latents stay exactly what the UNet trains on, so this stage can run before or after the UNet. Squared error
+    weighs the large, rare errors inside shapes (a red triangle decoded with an orange core) that L1 leaves.
+    """
+    generator = torch.Generator().manual_seed(seed)
+    decoder = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
+    vae.requires_grad_(False)
+    for parameter in decoder:
+        parameter.requires_grad_(True)
+    optimizer = _Optimizer(decoder, config, weight_decay=0.0, warmup_steps=50)
+    log = LossLog("decoder", config["steps"])
+    batches = _batches(len(images), config["batch_size"], generator)
+    vae.eval()  # no dropout or batch statistics in either half; gradients flow through the decoder only
+    for step in range(config["steps"]):
+        x = to_tensor(images[next(batches).numpy()])
+        with torch.no_grad():
+            posterior = vae.encode(x).latent_dist
+            z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
+        reconstruction = vae.decode(z).sample
+        loss = F.l1_loss(reconstruction, x) + F.mse_loss(reconstruction, x)
+        optimizer.step(loss)
+        log.add(step, loss.item())
+    vae.requires_grad_(True)
+    return log.rows
+
+
 @torch.no_grad()
 def encode_latents(
     vae: torch.nn.Module, images: np.ndarray, batch_size: int = 256
