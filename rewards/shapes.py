@@ -2,6 +2,7 @@
 differentiable), and `shapes-eval`, the world's programmatic evaluator (exact, not differentiable). Both ship in the
 package and need no download."""
 
+import logging
 import os
 from pathlib import Path
 
@@ -62,7 +63,12 @@ class ShapesCLIP(OpenCLIPReward):
             _shipped_clip() if pretrained == "shipped" else Path(pretrained) if pretrained is not None else None
         )
         register_open_clip_config(directory or _shipped_clip())
-        model = open_clip.create_model(CLIP_MODEL_NAME, pretrained=None)
+        # open_clip warns "initialized randomly" when it builds the model; the shipped weights are loaded just below.
+        logging.disable(logging.WARNING)
+        try:
+            model = open_clip.create_model(CLIP_MODEL_NAME, pretrained=None)
+        finally:
+            logging.disable(logging.NOTSET)
         if directory is not None:
             from safetensors.torch import load_file
 

@@ -183,8 +183,9 @@ def train_unet(
     config: dict[str, Any],
     seed: int,
 ) -> tuple[list[dict[str, float]], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
-    """Epsilon prediction on scaled latents, with the text encoder trained jointly and captions dropped to "" at
-    `caption_dropout` (classifier-free guidance). Returns the log and the EMA weights of both models."""
+    """Epsilon or v prediction (as the scheduler says) on scaled latents, with the text encoder trained jointly and
+    captions dropped to "" at `caption_dropout` (classifier-free guidance). Returns the log and the EMA weights of
+    both models."""
     generator = torch.Generator().manual_seed(seed)
     means, stds = latents
     parameters = [*unet.parameters(), *text_encoder.parameters()]
@@ -208,7 +209,8 @@ def train_unet(
         t = torch.randint(0, noise_scheduler.config.num_train_timesteps, (len(index),), generator=generator)
         noisy = noise_scheduler.add_noise(z, noise, t)
         prediction = unet(noisy, t, encoder_hidden_states=text_encoder(ids)[0]).sample
-        loss = F.mse_loss(prediction, noise)
+        velocity = noise_scheduler.config.prediction_type == "v_prediction"
+        loss = F.mse_loss(prediction, noise_scheduler.get_velocity(z, noise, t) if velocity else noise)
         optimizer.step(loss)
         with torch.no_grad():
             decay = min(config["ema_decay"], (1 + step) / (10 + step))
