@@ -6,12 +6,16 @@ of every category (at most `--per-category`, in sorted order), every seed and ev
 evaluator's accuracy on the returned image and its mean reward.
 
     python benchmarks/shapes.py [--budgets 4 8] [--seeds 3] [--steps 25] [--per-category 6] [--model shapes]
+
+`benchmarks/shapes_fk_settings.py` chooses FK's settings with the same loop on training prompts only.
 """
 
 import argparse
 import statistics
 import time
 from collections import defaultdict
+from dataclasses import dataclass, field
+from typing import Any
 
 import numpy as np
 import torch
@@ -21,46 +25,62 @@ from diffsteer.rewards import load as load_reward
 from diffsteer.worlds.shapes import CATEGORIES, evaluate, held_out_prompts
 
 
-def run(args: argparse.Namespace) -> dict[tuple[str, str], list[tuple[bool, float]]]:
-    """(category, column) -> one (correct, reward) per prompt and seed."""
-    pipeline = gen.load_pipeline(args.model)
-    pipeline.set_progress_bar_config(disable=True)
-    reward = load_reward(args.reward)
-    columns = [("plain", "bon", 1)] + [(f"{m}@{b}", m, b) for b in args.budgets for m in ("bon", "fk")]
-    results: dict[tuple[str, str], list[tuple[bool, float]]] = defaultdict(list)
-    prompts = {c: held_out_prompts()[c][: args.per_category] for c in CATEGORIES}
+Results = dict[tuple[str, str], list[tuple[bool, float]]]
+
+
+@dataclass(frozen=True)
+class Column:
+    """One column of the table: a method at a budget, with FK options over `generate.FK_SETTINGS`."""
+
+    name: str
+    method: str
+    budget: int
+    fk_options: dict[str, Any] = field(default_factory=dict)
+
+
+def standard_columns(budgets: list[int]) -> list[Column]:
+    """Plain sampling, then best-of-N and FK at each budget."""
+    return [Column("plain", "bon", 1)] + [Column(f"{m}@{b}", m, b) for b in budgets for m in ("bon", "fk")]
+
+
+def run(
+    pipeline: Any,
+    reward: Any,
+    prompts: dict[str, list[str]],
+    columns: list[Column],
+    *,
+    seeds: int,
+    steps: int,
+    guidance_scale: float,
+) -> Results:
+    """(category, column name) -> one (evaluator's verdict, reward) of the returned image per prompt and seed."""
+    results: Results = defaultdict(list)
     for category, category_prompts in prompts.items():
         for prompt in category_prompts:
-            for seed in range(args.seeds):
-                for column, method, budget in columns:
-                    plan = gen.plan_budget(method, budget, None, args.steps)
-                    method = gen.make_method(plan)
+            for seed in range(seeds):
+                for column in columns:
+                    plan = gen.plan_budget(column.method, column.budget, None, steps)
+                    method = gen.make_method(plan, **column.fk_options)
                     output = gen.generate(
-                        pipeline,
-                        prompt,
-                        reward,
-                        method,
-                        steps=plan.steps,
-                        guidance_scale=args.guidance_scale,
-                        seed=seed,
+                        pipeline, prompt, reward, method, steps=steps, guidance_scale=guidance_scale, seed=seed
                     )
                     image = np.asarray(output.images[0].convert("RGB"))
                     selected = int(output.selected_indices[0, 0])
-                    results[(category, column)].append(
+                    results[(category, column.name)].append(
                         (evaluate(image, prompt).correct, float(output.rewards[0, selected]))
                     )
             print(f"{category}: {prompt!r} done", flush=True)
     return results
 
 
-def table(results: dict[tuple[str, str], list[tuple[bool, float]]], columns: list[str]) -> str:
-    header = "| category | " + " | ".join(columns) + " |"
-    lines = [header, "|" + " --- |" * (len(columns) + 1)]
-    for category in [*CATEGORIES, "overall"]:
+def table(results: Results, columns: list[str], categories: list[str]) -> str:
+    """Markdown: accuracy % / mean reward per category and overall (all prompts and seeds pooled)."""
+    lines = ["| category | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 1)]
+    for category in [*categories, "overall"]:
         cells = []
         for column in columns:
             rows = (
-                [r for c in CATEGORIES for r in results[(c, column)]]
+                [r for c in categories for r in results[(c, column)]]
                 if category == "overall"
                 else results[(category, column)]
             )
@@ -70,27 +90,43 @@ def table(results: dict[tuple[str, str], list[tuple[bool, float]]], columns: lis
     return "\n".join(lines)
 
 
-def main() -> None:
-    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=gen.SHAPES_MODEL)
     parser.add_argument("--reward", default="shapes-clip")
-    parser.add_argument("--budgets", type=int, nargs="+", default=[4, 8])
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--guidance-scale", type=float, default=3.0)
-    parser.add_argument("--per-category", type=int, default=6)
     parser.add_argument("--threads", type=int, default=None)
-    args = parser.parse_args()
+
+
+def load(args: argparse.Namespace) -> tuple[Any, Any]:
     if args.threads:
         torch.set_num_threads(args.threads)
+    pipeline = gen.load_pipeline(args.model)
+    pipeline.set_progress_bar_config(disable=True)
+    return pipeline, load_reward(args.reward)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    add_common_arguments(parser)
+    parser.add_argument("--budgets", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--per-category", type=int, default=6)
+    args = parser.parse_args()
+    pipeline, reward = load(args)
     start = time.perf_counter()
-    results = run(args)
-    columns = ["plain"] + [f"{m}@{b}" for b in args.budgets for m in ("bon", "fk")]
-    print(
-        f"\nevaluator accuracy / mean {args.reward} of the returned image; {args.seeds} seeds, {args.steps} steps, "
-        f"guidance {args.guidance_scale}, FK {gen.FK_SETTINGS}; {time.perf_counter() - start:.0f} s\n"
+    columns = standard_columns(args.budgets)
+    prompts = {c: held_out_prompts()[c][: args.per_category] for c in CATEGORIES}
+    results = run(
+        pipeline, reward, prompts, columns, seeds=args.seeds, steps=args.steps, guidance_scale=args.guidance_scale
     )
-    print(table(results, columns))
+    count = sum(map(len, prompts.values()))
+    print(
+        f"\n{count} held-out prompts x {args.seeds} seeds; evaluator accuracy / mean {args.reward} of the returned "
+        f"image; {args.steps} steps, guidance {args.guidance_scale}, FK {gen.FK_SETTINGS}; "
+        f"{time.perf_counter() - start:.0f} s\n"
+    )
+    print(table(results, [c.name for c in columns], list(CATEGORIES)))
 
 
 if __name__ == "__main__":
