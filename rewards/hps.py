@@ -10,7 +10,7 @@ import os
 import torch
 
 from diffsteer.rewards.hub import resolve_file
-from diffsteer.rewards.open_clip_base import OpenCLIPReward
+from diffsteer.rewards.open_clip_base import OpenCLIPReward, open_clip_architecture
 from diffsteer.rewards.registry import register
 
 
@@ -56,7 +56,7 @@ class HPSv2(OpenCLIPReward):
             if checkpoint is None
             else resolve_file(checkpoint, HPS_FILES[version], reward=name, option="checkpoint")
         )
-        model = open_clip.create_model(model_name, pretrained=None)
+        model = open_clip_architecture(model_name)
         if path is not None:
             state = torch.load(path, map_location="cpu", weights_only=True)
             model.load_state_dict(state.get("state_dict", state))

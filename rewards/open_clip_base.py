@@ -49,6 +49,22 @@ def create_open_clip_model(
         raise weights_error(reward, hub_id or str(pretrained), "open_clip_model.safetensors", option, error) from None
 
 
+def open_clip_architecture(model_name: str) -> torch.nn.Module:
+    """An open_clip model with random weights, for a caller that loads its own state dict right after.
+
+    open_clip warns that such a model is "initialized randomly"; by the time the reward is used that is false, so the
+    warning is muted while the model is built (and logging's previous switch restored).
+    """
+    import open_clip
+
+    previous = logging.root.manager.disable
+    logging.disable(logging.WARNING)
+    try:
+        return open_clip.create_model(model_name, pretrained=None)
+    finally:
+        logging.disable(previous)
+
+
 class OpenCLIPReward(Reward):
     """A reward on an open_clip model: encodes images with the model's own preprocessing, on tensors.
 

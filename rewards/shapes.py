@@ -2,14 +2,13 @@
 differentiable), and `shapes-eval`, the world's programmatic evaluator (exact, not differentiable). Both ship in the
 package and need no download."""
 
-import logging
 import os
 from pathlib import Path
 
 import torch
 
 from diffsteer.rewards.base import Reward
-from diffsteer.rewards.open_clip_base import OpenCLIPReward
+from diffsteer.rewards.open_clip_base import OpenCLIPReward, open_clip_architecture
 from diffsteer.rewards.registry import register
 
 
@@ -63,12 +62,7 @@ class ShapesCLIP(OpenCLIPReward):
             _shipped_clip() if pretrained == "shipped" else Path(pretrained) if pretrained is not None else None
         )
         register_open_clip_config(directory or _shipped_clip())
-        # open_clip warns "initialized randomly" when it builds the model; the shipped weights are loaded just below.
-        logging.disable(logging.WARNING)
-        try:
-            model = open_clip.create_model(CLIP_MODEL_NAME, pretrained=None)
-        finally:
-            logging.disable(logging.NOTSET)
+        model = open_clip_architecture(CLIP_MODEL_NAME)
         if directory is not None:
             from safetensors.torch import load_file
 

@@ -38,7 +38,7 @@ def _dataset(config: dict, cache: Path) -> tuple[np.ndarray, list[str]]:
 
 
 def train(config_path: Path, out: Path, stages: list[str], cache: Path) -> None:
-    from diffusers import StableDiffusionPipeline
+    from diffusers import AutoencoderKL, StableDiffusionPipeline
 
     from diffsteer.worlds.shapes import components as build
     from diffsteer.worlds.shapes import training
@@ -54,15 +54,11 @@ def train(config_path: Path, out: Path, stages: list[str], cache: Path) -> None:
         vae.save_pretrained(pipeline_dir / "vae")
         training.write_log(pipeline_dir / "training_log.json", "vae", rows, {"config": config["vae"]})
     if "decoder" in stages:
-        from diffusers import AutoencoderKL
-
         vae = AutoencoderKL.from_pretrained(pipeline_dir / "vae")
         rows = training.train_decoder(vae, images, config["decoder"], seed + 3)
         vae.save_pretrained(pipeline_dir / "vae")
         training.write_log(pipeline_dir / "training_log.json", "decoder", rows, {"config": config["decoder"]})
     if "unet" in stages:
-        from diffusers import AutoencoderKL
-
         vae = AutoencoderKL.from_pretrained(pipeline_dir / "vae").eval()
         means, stds = training.encode_latents(vae, images)
         scaling_factor = round(1.0 / float(means.std()), 5)
