@@ -11,6 +11,7 @@ evaluator's accuracy on the returned image and its mean reward.
 """
 
 import argparse
+import json
 import statistics
 import time
 from collections import defaultdict
@@ -93,6 +94,13 @@ def table(results: Results, columns: list[str], categories: list[str]) -> str:
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=gen.SHAPES_MODEL)
     parser.add_argument("--reward", default="shapes-clip")
+    parser.add_argument(
+        "--reward-option",
+        action="append",
+        default=[],
+        metavar="KEY=JSON",
+        help="an option of the reward, e.g. partial=true for shapes-eval (repeatable)",
+    )
     parser.add_argument("--seeds", type=int, default=3)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--guidance-scale", type=float, default=3.0)
@@ -104,7 +112,8 @@ def load(args: argparse.Namespace) -> tuple[Any, Any]:
         torch.set_num_threads(args.threads)
     pipeline = gen.load_pipeline(args.model)
     pipeline.set_progress_bar_config(disable=True)
-    return pipeline, load_reward(args.reward)
+    options = dict(option.split("=", 1) for option in args.reward_option)
+    return pipeline, load_reward(args.reward, **{key: json.loads(value) for key, value in options.items()})
 
 
 def main() -> None:

@@ -5,6 +5,7 @@ candidate setting at `--budget`, and prints the evaluator's accuracy and mean re
 winner goes into `diffsteer.generate.FK_SETTINGS`; `benchmarks/shapes.py` then measures it on the held-out prompts.
 
     python benchmarks/shapes_fk_settings.py [--budget 4] [--seeds 2] [--per-category 3] [--lmbdas 0.1 0.3 1 3]
+        [--potentials diff max] [--intervals 5] [--starts 0]
 """
 
 import argparse
@@ -31,13 +32,16 @@ def main() -> None:
     parser.add_argument("--lmbdas", type=float, nargs="+", default=[0.1, 0.3, 1.0, 3.0])
     parser.add_argument("--potentials", nargs="+", default=["diff", "max"])
     parser.add_argument("--intervals", type=int, nargs="+", default=[5])
+    parser.add_argument("--starts", type=int, nargs="+", default=[0], help="first steps with a potential")
     parser.set_defaults(seeds=2)
     args = parser.parse_args()
     pipeline, reward = load(args)
     columns = [Column("plain", "bon", 1), Column(f"bon@{args.budget}", "bon", args.budget)]
-    for potential, lmbda, interval in itertools.product(args.potentials, args.lmbdas, args.intervals):
-        options = {"potential": potential, "lmbda": lmbda, "interval": interval}
-        columns.append(Column(f"fk {potential} λ={lmbda:g} every {interval}", "fk", args.budget, options))
+    grid = itertools.product(args.potentials, args.lmbdas, args.intervals, args.starts)
+    for potential, lmbda, interval, start in grid:
+        options = {"potential": potential, "lmbda": lmbda, "interval": interval, "start": start}
+        name = f"fk {potential} λ={lmbda:g} every {interval} from {start}"
+        columns.append(Column(name, "fk", args.budget, options))
     prompts = training_prompts(args.per_category)
     start = time.perf_counter()
     results = run(

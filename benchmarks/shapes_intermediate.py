@@ -70,8 +70,8 @@ def main() -> None:
                 correct = np.array(
                     [evaluate(np.asarray(im.convert("RGB")), prompt).correct for im in output.particles]
                 )
-                for step, now in enumerate(scores[:-1]):
-                    if now.std() > 0 and final.std() > 0:
+                for step, now in enumerate(scores):
+                    if step < len(scores) - 1 and now.std() > 0 and final.std() > 0:
                         rho = np.corrcoef(_ranks(now), _ranks(final))[0, 1]
                         correlations.setdefault(step, []).append(float(rho))
                     for i in np.flatnonzero(correct):
@@ -80,10 +80,11 @@ def main() -> None:
     print(f"\n{args.particles} particles, {args.steps} steps, guidance {args.guidance_scale}; training prompts only\n")
     print("| step | Spearman(reward now, final reward) | pairwise accuracy for the evaluator's verdict | pairs |")
     print("| --- | --- | --- | --- |")
-    for step in sorted(correlations):
+    for step in sorted(agreements.keys() | correlations.keys()):
         pairs = agreements.get(step, [])
         accuracy = f"{statistics.mean(pairs):.2f}" if pairs else "-"
-        print(f"| {step} | {statistics.mean(correlations[step]):.2f} | {accuracy} | {len(pairs)} |")
+        rho = f"{statistics.mean(correlations[step]):.2f}" if step in correlations else "1 (final)"
+        print(f"| {step} | {rho} | {accuracy} | {len(pairs)} |")
 
 
 if __name__ == "__main__":
