@@ -9,6 +9,7 @@ import shlex
 from pathlib import Path
 
 import numpy as np
+import pytest
 import torch
 from diffusers import StableDiffusionPipeline
 from PIL import Image
@@ -122,7 +123,8 @@ def test_shipped_clip_ranks_matching_captions_above_mismatched_ones():
 
 def test_the_readme_main_command_runs_on_the_embedded_model(tmp_path):
     """The README's first command ends in `diffsteer generate PROMPT` with the defaults: the embedded model,
-    shapes-clip and FK at budget 4. Run that, writing to a temporary folder."""
+    shapes-clip and FK at budget 4. Run that, writing to a temporary folder; the reward and the evaluator's verdict
+    must be the ones the README shows (so its claim that the image is of the prompt stays true)."""
     readme = (ROOT / "README.md").read_text()
     command = re.search(r"<!-- main-command -->\n```bash\n(.*?)\n```", readme, re.DOTALL).group(1)
     argv = shlex.split(command.split("&& diffsteer ")[-1])
@@ -133,4 +135,6 @@ def test_the_readme_main_command_runs_on_the_embedded_model(tmp_path):
     assert summary["model"] == "shapes" and summary["reward"] == "shapes-clip"
     assert summary["method"]["name"] == "fk" and summary["budget"]["num_particles"] == 4
     assert Image.open(out / "image.png").size == (IMAGE_SIZE, IMAGE_SIZE)
-    assert isinstance(summary["evaluator"]["selected"]["correct"], bool)
+    shown = re.search(r"wrote diffsteer-output/image.png \(reward ([0-9.]+); evaluator: (\w+)\)", readme)
+    assert summary["rewards"]["selected"] == pytest.approx(float(shown.group(1)), abs=0.05)
+    assert summary["evaluator"]["selected"]["correct"] == (shown.group(2) == "correct")
