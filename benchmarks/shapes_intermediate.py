@@ -18,6 +18,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import spearmanr
 from shapes import add_common_arguments, load
 from shapes_fk_settings import training_prompts
 
@@ -36,10 +37,6 @@ class RecordingReward:
         scores = self.reward(images, prompts)
         self.scores.append(scores.detach().float().cpu())
         return scores
-
-
-def _ranks(values: np.ndarray) -> np.ndarray:
-    return np.argsort(np.argsort(values)).astype(float)
 
 
 def main() -> None:
@@ -70,10 +67,10 @@ def main() -> None:
                 correct = np.array(
                     [evaluate(np.asarray(im.convert("RGB")), prompt).correct for im in output.particles]
                 )
-                for step, now in enumerate(scores):
-                    if step < len(scores) - 1 and now.std() > 0 and final.std() > 0:
-                        rho = np.corrcoef(_ranks(now), _ranks(final))[0, 1]
-                        correlations.setdefault(step, []).append(float(rho))
+                for step, now in enumerate(scores[:-1]):
+                    if now.std() > 0 and final.std() > 0:
+                        correlations.setdefault(step, []).append(float(spearmanr(now, final).statistic))
+                for step, now in enumerate(scores):  # the final reward too: does it agree with the evaluator?
                     for i in np.flatnonzero(correct):
                         for j in np.flatnonzero(~correct):
                             agreements.setdefault(step, []).append(bool(now[i] > now[j]))
