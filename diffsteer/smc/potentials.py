@@ -14,15 +14,19 @@ p(x) exp(lambda r(x)). The kinds differ only in variance:
 targets are far more peaked than the final one and the particle population collapses before the final correction
 can undo it; use them on sparse schedules (a handful of potential steps). `diff` is safe on any schedule.
 
-Rewards may be -inf (a hard constraint: the particle gets zero weight and is never resampled); NaN and +inf are
-errors. A reward of -inf with a negative lambda would give weight +inf and is rejected.
+Rewards may be -inf (a hard constraint: the particle gets zero weight at that step and keeps it, whatever its later
+rewards, for every kind); NaN and +inf are errors. A reward of -inf under a zero tilt is no constraint (0 * -inf = 0),
+and under a negative lambda it would give weight +inf and is rejected.
 """
 
+import math
 from collections.abc import Callable
 from dataclasses import dataclass
 from typing import NamedTuple
 
 import torch
+
+from diffsteer.smc.checks import check_choice, check_number, describe, is_real
 
 
 POTENTIAL_KINDS = ("diff", "max", "sum", "immediate")
@@ -34,7 +38,8 @@ class PotentialState(NamedTuple):
     """Per-particle history a potential needs; both fields are re-indexed with the particles.
 
     Attributes:
-        applied: sum of the log-potentials applied so far along each particle's ancestry.
+        applied: sum of the log-potentials applied so far along each particle's ancestry; -inf once a particle has
+            met a hard constraint (a reward of -inf), and from then on for good.
         memory: `diff`: lambda_{j-1} r_{j-1}; `max`: running max of rewards; `sum`: running sum; `immediate`: unused.
     """
 
@@ -48,24 +53,51 @@ class Potential:
 
     Args:
         kind (`str`, defaults to `"diff"`): one of `"diff"`, `"max"`, `"sum"`, `"immediate"`.
-        lmbda (`float` or `Callable[[float], float]`, defaults to `1.0`): the tilt. A float is used at every step; a
-            callable is evaluated at the denoising progress p in [0, 1] (0 = pure noise) for intermediate
-            potentials, and at p = 1 for the final correction, so the target is p(x) exp(lmbda(1) r(x)).
+        lmbda (`float` or `Callable[[float], float]`, defaults to `1.0`): the tilt. A finite number is used at every
+            step; a callable is evaluated at the denoising progress p in [0, 1] (0 = pure noise) for intermediate
+            potentials, and at p = 1 for the final correction, so the target is p(x) exp(lmbda(1) r(x)). It must
+            return a finite number wherever it is evaluated.
+
+    Raises:
+        TypeError: if `kind` is not a string, or `lmbda` neither a number nor a callable.
+        ValueError: for an unknown `kind` or a NaN or infinite `lmbda`.
     """
 
     kind: str = "diff"
     lmbda: Lambda = 1.0
 
     def __post_init__(self) -> None:
-        if self.kind not in POTENTIAL_KINDS:
-            raise ValueError(f"Unknown potential {self.kind!r}; choose one of {list(POTENTIAL_KINDS)}.")
-        if not callable(self.lmbda) and not isinstance(self.lmbda, int | float):
-            raise ValueError(f"lmbda must be a number or a callable of the progress in [0, 1], got {self.lmbda!r}.")
+        check_choice(
+            "potential", self.kind, POTENTIAL_KINDS, message="Unknown potential {value}; choose one of {choices}."
+        )
+        if not callable(self.lmbda):
+            if not is_real(self.lmbda):
+                raise TypeError(
+                    f"lmbda must be a number or a callable of the progress in [0, 1], got {describe(self.lmbda)}."
+                )
+            lmbda = check_number("lmbda", self.lmbda, hint="Pass a finite tilt strength, for example 1.0.")
+            object.__setattr__(self, "lmbda", lmbda)
 
     def lmbda_at(self, progress: float) -> float:
-        """The tilt at denoising progress `progress` in [0, 1]."""
-        value = self.lmbda(progress) if callable(self.lmbda) else self.lmbda
-        return float(value)
+        """The tilt at denoising progress `progress` in [0, 1].
+
+        Raises:
+            TypeError, ValueError: if a callable `lmbda` returns something other than a finite number there.
+        """
+        if not callable(self.lmbda):
+            return self.lmbda
+        value = self.lmbda(progress)
+        if isinstance(value, torch.Tensor) and value.numel() == 1:
+            value = value.item()
+        if not is_real(value):
+            raise TypeError(f"lmbda returned {describe(value)} at progress {progress:g}; it must return a number.")
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(
+                f"lmbda returned {value} at progress {progress:g}; the tilt must be a finite number at every "
+                "progress in [0, 1]."
+            )
+        return value
 
     @property
     def target_lmbda(self) -> float:
@@ -81,33 +113,69 @@ class Potential:
     def step(
         self, state: PotentialState, rewards: torch.Tensor, progress: float
     ) -> tuple[torch.Tensor, PotentialState]:
-        """Log-potential V_j for rewards r_j at a potential step, and the updated state."""
+        """Log-potential V_j for rewards r_j at a potential step, and the updated state.
+
+        A reward of -inf under a non-zero tilt gives its particle zero weight (V_j = -inf) at this step and at every
+        later one, whatever its later rewards; under a zero tilt it is no constraint (0 * -inf = 0).
+        """
         lmbda = self.lmbda_at(progress)
         rewards = rewards.to(torch.float64)
+        minus_inf = torch.isneginf(rewards)
+        was_dead = torch.isneginf(state.applied)
+        if lmbda < 0:
+            _refuse_negative_tilt(minus_inf & ~was_dead)
+        dead = was_dead | minus_inf if lmbda != 0 else was_dead
+        # -inf rewards and the rewards of dead particles never enter the arithmetic: they become the kind's neutral
+        # value (nothing added to a sum, nothing raised in a max), so no -inf - -inf = NaN can form in the state.
+        neutral = -math.inf if self.kind == "max" else 0.0
+        clean = torch.where(minus_inf | was_dead, neutral, rewards)
         if self.kind == "diff":
-            current = _tilt(lmbda, rewards)
+            current = _tilt(lmbda, clean)
             log_potential = current - state.memory
             memory = current
         elif self.kind == "max":
-            memory = torch.maximum(state.memory, rewards)
+            memory = torch.maximum(state.memory, clean)
             log_potential = _tilt(lmbda, memory)
         elif self.kind == "sum":
-            memory = state.memory + rewards
+            memory = state.memory + clean
             log_potential = _tilt(lmbda, memory)
         else:
             memory = state.memory
-            log_potential = _tilt(lmbda, rewards)
-        return log_potential, PotentialState(applied=state.applied + log_potential, memory=memory)
+            log_potential = _tilt(lmbda, clean)
+        log_potential = torch.where(dead, -math.inf, log_potential)
+        applied = torch.where(dead, -math.inf, state.applied + log_potential)
+        return log_potential, PotentialState(applied=applied, memory=memory)
 
     def final_correction(self, state: PotentialState, final_rewards: torch.Tensor) -> torch.Tensor:
-        """Log-potential that makes the product along each trajectory exactly exp(lambda r(x_0))."""
-        return _tilt(self.target_lmbda, final_rewards.to(torch.float64)) - state.applied
+        """Log-potential that makes the product along each trajectory exactly exp(lambda r(x_0)).
+
+        It is -inf for particles that met a constraint at a potential step, and for those whose final reward is
+        -inf (under a non-zero target lambda).
+        """
+        lmbda = self.target_lmbda
+        final_rewards = final_rewards.to(torch.float64)
+        minus_inf = torch.isneginf(final_rewards)
+        was_dead = torch.isneginf(state.applied)
+        if lmbda < 0:
+            _refuse_negative_tilt(minus_inf & ~was_dead)
+        dead = was_dead | minus_inf if lmbda != 0 else was_dead
+        correction = _tilt(lmbda, torch.where(minus_inf, 0.0, final_rewards)) - torch.where(
+            was_dead, 0.0, state.applied
+        )
+        return torch.where(dead, -math.inf, correction)
 
 
 def _tilt(lmbda: float, rewards: torch.Tensor) -> torch.Tensor:
-    """lmbda * rewards, with 0 * -inf = 0 (no tilt means no constraint) and -inf * negative lambda rejected."""
+    """lmbda * rewards, with 0 * -inf = 0 (no tilt means no constraint)."""
     if lmbda == 0:
         return torch.zeros_like(rewards)
-    if lmbda < 0 and torch.isneginf(rewards).any():
-        raise ValueError("A reward of -inf with a negative lmbda would give a particle infinite weight.")
     return lmbda * rewards
+
+
+def _refuse_negative_tilt(minus_inf: torch.Tensor) -> None:
+    """Raise if a live particle has a reward of -inf under a negative lambda (a host sync, negative lambdas only)."""
+    if minus_inf.any():
+        raise ValueError(
+            "A reward of -inf with a negative lmbda would give a particle infinite weight: -inf forbids a sample only "
+            "under a positive tilt. Return a finite low reward instead, or use a positive lmbda."
+        )
