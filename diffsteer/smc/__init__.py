@@ -16,7 +16,7 @@ from diffsteer.smc.resampling import (
     stratified,
     systematic,
 )
-from diffsteer.smc.weights import check_log_weights, ess, log_mean_exp, normalize
+from diffsteer.smc.weights import centre, check_log_weights, ess, ess_rows, log_mean_exp, normalize
 
 
 __all__ = [
@@ -26,8 +26,10 @@ __all__ = [
     "Potential",
     "PotentialState",
     "Reindexable",
+    "centre",
     "check_log_weights",
     "ess",
+    "ess_rows",
     "get_resampling_scheme",
     "inverse_cdf",
     "log_mean_exp",

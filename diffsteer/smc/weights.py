@@ -3,6 +3,10 @@
 Unnormalised log-weights are carried across steps (a step that does not resample keeps its weights) and reset to
 their log-mean after resampling, so that `log_mean_exp(log_weights)` stays the running estimate of the
 log-normaliser log E[prod G].
+
+Tilts can be large (|lambda r| of 1e16 has a float64 spacing of 2, so log N would vanish in rounding), so a sampler
+keeps its log-weights centred with `centre` and carries what it removed in a running log-normaliser: the weights
+relative to the largest one keep full precision, and log Z = offset + log_mean_exp(centred).
 """
 
 import math
@@ -20,23 +24,47 @@ def normalize(log_weights: torch.Tensor) -> torch.Tensor:
     return log_weights - torch.logsumexp(log_weights, dim=0)
 
 
-def log_mean_exp(log_weights: torch.Tensor) -> torch.Tensor:
-    """log(mean(exp(log_weights))), computed stably."""
-    return torch.logsumexp(log_weights, dim=0) - math.log(log_weights.shape[0])
+def log_mean_exp(log_weights: torch.Tensor, dim: int = 0) -> torch.Tensor:
+    """log(mean(exp(log_weights))) along `dim`, computed stably."""
+    return torch.logsumexp(log_weights, dim=dim) - math.log(log_weights.shape[dim])
 
 
 def ess(log_weights: torch.Tensor) -> float:
     """Effective sample size (sum w)^2 / sum w^2 of unnormalised log-weights; between 1 and N."""
     check_log_weights(log_weights)
-    return float(torch.exp(2 * torch.logsumexp(log_weights, dim=0) - torch.logsumexp(2 * log_weights, dim=0)))
+    return float(ess_rows(log_weights))
+
+
+def ess_rows(log_weights: torch.Tensor) -> torch.Tensor:
+    """The effective sample size of each row (last dimension) of unnormalised log-weights, as a tensor.
+
+    No checks and no host sync: a row no scheme can use (all -inf, or with NaN or +inf) comes out NaN, so one read of
+    the result tells whether every row is valid.
+    """
+    return torch.exp(2 * torch.logsumexp(log_weights, dim=-1) - torch.logsumexp(2 * log_weights, dim=-1))
+
+
+def centre(log_weights: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+    """Shift each row (last dimension) of log-weights so that its largest entry is 0.
+
+    Returns:
+        `(centred, shift)` with `log_weights == centred + shift[..., None]` (up to rounding of the subtraction). A row
+        without a finite maximum (all -inf, or holding NaN or +inf) is left as it is (shift 0), so that the checks
+        that follow still see what went wrong.
+    """
+    shift = log_weights.amax(dim=-1)
+    shift = torch.where(torch.isfinite(shift), shift, torch.zeros_like(shift))
+    return log_weights - shift.unsqueeze(-1), shift
 
 
 def check_log_weights(log_weights: torch.Tensor) -> None:
-    """Raise a `ValueError` for log-weights no resampling scheme can use.
+    """Raise a `ValueError` for log-weights no resampling scheme can use (a `TypeError` for a non-tensor).
 
     `-inf` is a valid log-weight (a particle with zero weight); NaN and `+inf` are not, and neither is a population
     in which every weight is zero.
     """
+    if not isinstance(log_weights, torch.Tensor):
+        raise TypeError(f"log_weights must be a 1-D torch.Tensor, got {type(log_weights).__name__}.")
     if log_weights.ndim != 1 or log_weights.numel() == 0:
         raise ValueError(f"log_weights must be a non-empty 1-D tensor, got shape {tuple(log_weights.shape)}.")
     bad = torch.isnan(log_weights) | (log_weights == math.inf)
