@@ -11,6 +11,13 @@
 Particles come in `num_groups` contiguous blocks of `method.num_particles` (one block per prompt in a pipeline).
 Each block is its own particle system: weights are normalised, ESS is measured, resampling happens and outputs are
 selected within the block, so particles never cross groups.
+
+Log-weights are kept centred (each group's largest is 0) and what centring removes is carried in a per-group
+log-offset, so huge tilts lose no precision and log Z = offset + log_mean_exp(log_weights) stays right.
+
+Host syncs: the loop reads device values only where the weights change (reward steps: the reward check and one read
+of every group's ESS), when it resamples, and at the end. Finiteness of the latents and of the model's outputs is
+recorded on the device at every step but read only to explain an error.
 """
 
 import math
@@ -23,10 +30,11 @@ import torch
 
 from diffsteer.outputs import CostLedger, StepRecord
 from diffsteer.processes.scheduler_process import SchedulerProcess, Step
+from diffsteer.smc.checks import check_callable, check_int, describe
 from diffsteer.smc.particles import Particles
 from diffsteer.smc.potentials import Potential
 from diffsteer.smc.resampling import multinomial, resample
-from diffsteer.smc.weights import ess, log_mean_exp, normalize
+from diffsteer.smc.weights import centre, check_log_weights, ess_rows, log_mean_exp
 
 
 Reward = Callable[[torch.Tensor], Any]
@@ -72,6 +80,51 @@ class SteeringRun:
     changes: list[str]
 
 
+def check_scores(scores: Any, num_rows: int, what: str = "reward", *, item: str = "sample") -> torch.Tensor:
+    """The scores a reward returned for `num_rows` rows, checked and as a float64 tensor of shape (num_rows,).
+
+    Shapes (N,) and (N, 1) are accepted (a reward head often keeps its output dimension); tensors, numpy arrays and
+    lists of numbers are accepted, on any device (the result stays there). Scores may be -inf (a hard constraint)
+    but not NaN or +inf.
+
+    Args:
+        scores: what the reward returned.
+        num_rows: how many rows it was given.
+        what: the reward as messages name it ("reward", "reward 'clip'").
+        item: what one row is in messages ("sample", "image").
+
+    Raises:
+        TypeError: if `scores` is None or not numbers (strings, complex numbers, objects).
+        ValueError: for another shape (the one the reward returned is named, not a flattened one), or for NaN or
+            +inf scores (the rows are named).
+    """
+    expected = (
+        f"one score per {item}: a tensor, array or list of {num_rows} numbers, shape ({num_rows},) or ({num_rows}, 1)"
+    )
+    if scores is None:
+        raise TypeError(f"The {what} returned None; it must return {expected}.")
+    try:
+        tensor = scores.detach() if isinstance(scores, torch.Tensor) else torch.as_tensor(scores)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"The {what} returned {describe(scores)}; it must return {expected}.") from None
+    if tensor.is_complex():
+        raise TypeError(f"The {what} returned scores of dtype {tensor.dtype}; it must return {expected}.")
+    if tuple(tensor.shape) not in ((num_rows,), (num_rows, 1)):
+        raise ValueError(
+            f"The {what} must return {expected}; it returned shape {tuple(tensor.shape)} for {num_rows} {item}s."
+        )
+    tensor = tensor.reshape(num_rows).to(torch.float64)
+    invalid = torch.isnan(tensor) | (tensor == math.inf)
+    if invalid.any():
+        rows = invalid.nonzero().flatten().tolist()
+        shown = str(rows[:10])[:-1] + (f", ... ({len(rows)} in all)]" if len(rows) > 10 else "]")
+        raise ValueError(
+            f"The {what} returned NaN or +inf for {item}s {shown}; rewards must be finite, or -inf to give a "
+            f"{item} zero weight."
+        )
+    return tensor
+
+
 def run_steering(
     process: SchedulerProcess,
     method: Method,
@@ -90,7 +143,8 @@ def run_steering(
     Args:
         process: the model and scheduler.
         method: FK, best-of-N, or anything with the `Method` protocol.
-        reward: scores x0-hat (and the final samples), shape (G * N, *shape) -> (G * N,).
+        reward: scores x0-hat (and the final samples), shape (G * N, *shape) -> (G * N,) (or (G * N, 1)); see
+            `check_scores`.
         ledger: the cost ledger to fill (the caller counts model rows; the loop counts rewards and resampling).
         num_groups: number of independent particle systems G, laid out in contiguous blocks.
         generator: one generator for every draw, or one per particle (diffusers' list convention), which is
@@ -100,8 +154,15 @@ def run_steering(
             re-indexed with the particles.
         num_outputs: outputs selected per group.
         on_step_end: called after every transition with the step and the particles (pipelines' callbacks).
+
+    Raises:
+        TypeError, ValueError: for bad arguments, bad rewards (see `check_scores`), a group left without weight, or
+            non-finite samples (the error says whether the model, the scheduler or the reward produced them).
     """
     num_particles = method.num_particles
+    num_groups = check_int("num_groups", num_groups, minimum=1)
+    num_outputs = _check_num_outputs(num_outputs, num_particles)
+    check_callable("reward", reward, "a callable that scores a batch of samples")
     total = num_groups * num_particles
     if isinstance(generator, list) and len(generator) != total:
         raise ValueError(
@@ -112,56 +173,62 @@ def run_steering(
     reward_steps = method.reward_steps(process.num_inference_steps)
     particles = process.init(total, generator, latents, conditioning)
     # Log-weights need no place among the particles: resampled groups become uniform, the others keep their order.
+    # True log-weight = log_offsets[g] + log_weights[g, i], with each row's largest log-weight kept at 0.
     log_weights = torch.zeros(num_groups, num_particles, dtype=torch.float64, device=process.device)
+    log_offsets = torch.zeros(num_groups, dtype=torch.float64, device=process.device)
     if potential is not None:
         particles.potential_state = potential.init_state(total, process.device)
-    trace: list[StepRecord] = []
+    watch = _FiniteWatch()
+    group_ess = (float(num_particles),) * num_groups  # the weights start uniform
+    records: list[tuple[Step, bool, tuple[float, ...], tuple[bool, ...], torch.Tensor | None]] = []
 
     for step in process.steps():
+        watch.record_input(step, particles.latents)
         process.predict(particles, step)
+        watch.record_output(particles.model_output)
         rewarded = potential is not None and step.at_boundary and step.full_step in reward_steps
+        group_resampled = (False,) * num_groups
+        ancestors = None
         if rewarded:
-            rewards = _score(reward, particles.x0_hat, ledger)
+            rewards = _score(reward, particles.x0_hat, ledger, watch, f"x0-hat at step {step.index}")
             log_potential, particles.potential_state = potential.step(
                 particles.potential_state, rewards, step.progress
             )
-            log_weights = _add_log_potential(log_weights, log_potential.view(num_groups, num_particles))
-        group_ess = tuple(ess(row) for row in log_weights)
-        group_resampled = tuple(rewarded and method.should_resample(value, num_particles) for value in group_ess)
-        ancestors = None
+            log_weights, log_offsets = _reweight(log_weights, log_offsets, log_potential.view(num_groups, -1))
+            group_ess = _group_ess(log_weights)
+            group_resampled = tuple(method.should_resample(value, num_particles) for value in group_ess)
         if any(group_resampled):
             process.check_particle_state(total)
-            ancestors, log_weights = _resample_groups(particles, log_weights, group_resampled, method, generator)
-            ledger.resampling_steps += 1
-        trace.append(
-            StepRecord(
-                step.index,
-                float(step.timestep),
-                rewarded,
-                min(group_ess),
-                any(group_resampled),
-                ancestors,
-                group_ess,
-                group_resampled,
+            ancestors, log_weights, log_offsets = _resample_groups(
+                particles, log_weights, log_offsets, group_resampled, method, generator
             )
+            ledger.resampling_steps += 1
+        records.append((step, rewarded, group_ess, group_resampled, ancestors))
+        # The weights only change at reward steps: until the next one, the ESS is what resampling left.
+        group_ess = tuple(
+            float(num_particles) if resampled else value
+            for value, resampled in zip(group_ess, group_resampled, strict=True)
         )
         process.transition(particles, step, generator)
         if on_step_end is not None:
             on_step_end(step, particles)
 
     samples = particles.latents
-    final_rewards = _score(reward, samples, ledger).view(num_groups, num_particles)
+    if not bool(torch.isfinite(samples).all()):
+        raise ValueError(watch.explain("the final samples"))
+    final_rewards = _score(reward, samples, ledger, watch, "the final samples").view(num_groups, num_particles)
     log_normalizers = None
     if potential is not None:
         correction = potential.final_correction(particles.potential_state, final_rewards.flatten())
-        log_weights = _add_log_potential(log_weights, correction.view(num_groups, num_particles))
-        log_normalizers = torch.stack([log_mean_exp(row) for row in log_weights])
-    log_weights = torch.stack([normalize(row) for row in log_weights])
+        log_weights, log_offsets = _reweight(log_weights, log_offsets, correction.view(num_groups, num_particles))
+        log_normalizers = log_offsets + log_mean_exp(log_weights, dim=-1)
+    log_weights = _normalize_groups(log_weights)
     selected = []
     for g in range(num_groups):
         start = g * num_particles
         group_generator = _group_generator(particles, generator, start)
-        selected.append(start + _select(method, log_weights[g], final_rewards[g], num_outputs, group_generator))
+        group = f" of group {g}" if num_groups > 1 else ""
+        selected.append(start + _select(method, log_weights[g], final_rewards[g], num_outputs, group_generator, group))
     ledger.stop()
     return SteeringRun(
         samples=samples,
@@ -169,27 +236,78 @@ def run_steering(
         rewards=final_rewards,
         log_normalizers=log_normalizers,
         selected_indices=torch.stack(selected),
-        trace=trace,
+        trace=_trace(records),
         cost=ledger,
         changes=list(process.changes),
     )
 
 
+def _check_num_outputs(num_outputs: Any, num_particles: int) -> int:
+    num_outputs = check_int("num_outputs", num_outputs, minimum=1)
+    if num_outputs > num_particles:
+        raise ValueError(
+            f"num_outputs must be an integer in [1, num_particles={num_particles}], got {num_outputs}: outputs are "
+            "selected from the particles, so raise num_particles or ask for fewer outputs."
+        )
+    return num_outputs
+
+
+def _reweight(
+    log_weights: torch.Tensor, log_offsets: torch.Tensor, log_potential: torch.Tensor
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Multiply weights by potentials in log space and re-centre each group, moving the shift into its offset.
+
+    A particle of zero weight stays at zero (-inf + +inf would be NaN).
+    """
+    log_weights = torch.where(torch.isneginf(log_weights), log_weights, log_weights + log_potential)
+    log_weights, shift = centre(log_weights)
+    return log_weights, log_offsets + shift
+
+
+def _group_ess(log_weights: torch.Tensor) -> tuple[float, ...]:
+    """The ESS of every group in one host sync; raises, naming the group, for a group no scheme can use."""
+    values = ess_rows(log_weights).tolist()
+    for g, value in enumerate(values):
+        if not math.isfinite(value):  # all -inf, or NaN / +inf weights: let the check say which
+            _check_group(log_weights, g)
+    return tuple(values)
+
+
+def _normalize_groups(log_weights: torch.Tensor) -> torch.Tensor:
+    """Log-weights normalised within each group (one host sync), or the error of the first group that cannot be."""
+    log_sums = torch.logsumexp(log_weights, dim=-1, keepdim=True)
+    for g, value in enumerate(log_sums.flatten().tolist()):
+        if not math.isfinite(value):
+            _check_group(log_weights, g)
+    return log_weights - log_sums
+
+
+def _check_group(log_weights: torch.Tensor, group: int) -> None:
+    try:
+        check_log_weights(log_weights[group])
+    except ValueError as error:
+        if log_weights.shape[0] == 1:
+            raise
+        raise ValueError(f"Group {group}: {error}") from None
+
+
 def _resample_groups(
     particles: Particles,
     log_weights: torch.Tensor,
+    log_offsets: torch.Tensor,
     group_resampled: tuple[bool, ...],
     method: Method,
     generator: Generators,
-) -> tuple[torch.Tensor, torch.Tensor]:
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Resample the groups that asked for it (the others keep their particles) and reindex everything once.
 
-    Returns the flat ancestor indices and the new log-weights: a resampled group's are reset to their log-mean, not
-    to zero, so that log_mean_exp of the final weights still estimates log Z.
+    Returns the flat ancestor indices, the new log-weights and offsets: a resampled group's weights are reset to
+    their log-mean, not to zero, so that the final weights still estimate log Z; with centred weights that log-mean
+    goes into the offset and the weights become 0.
     """
     num_groups, num_particles = log_weights.shape
     ancestors = torch.arange(num_groups * num_particles)
-    log_weights = log_weights.clone()
+    log_weights, log_offsets = log_weights.clone(), log_offsets.clone()
     for g, resampled in enumerate(group_resampled):
         if not resampled:
             continue
@@ -197,9 +315,10 @@ def _resample_groups(
         group_generator = _group_generator(particles, generator, start)
         picked = resample(log_weights[g], num_particles, method.resampling, group_generator)
         ancestors[start : start + num_particles] = start + picked.cpu()
-        log_weights[g] = log_mean_exp(log_weights[g])
+        log_offsets[g] += log_mean_exp(log_weights[g])
+        log_weights[g] = 0.0
     particles.reindex(ancestors)
-    return ancestors, log_weights
+    return ancestors, log_weights, log_offsets
 
 
 def _group_generator(particles: Particles, generator: Generators, first_row: int) -> torch.Generator | None:
@@ -209,28 +328,22 @@ def _group_generator(particles: Particles, generator: Generators, first_row: int
     return generator
 
 
-def _score(reward: Reward, batch: torch.Tensor, ledger: CostLedger) -> torch.Tensor:
-    """Call the reward on a batch and check that it returned one finite (or -inf) score per row."""
+def _score(reward: Reward, batch: torch.Tensor, ledger: CostLedger, watch: "_FiniteWatch", what: str) -> torch.Tensor:
+    """Call the reward on a batch and check its scores (`check_scores`).
+
+    If the reward fails or returns NaN because its input was already non-finite, the error says where that came
+    from (the model, the scheduler, the initial noise), not that the reward is at fault.
+    """
     started = time.perf_counter()
-    scores = reward(batch)
-    ledger.add_reward(batch.shape[0], time.perf_counter() - started)
-    scores = torch.as_tensor(scores).detach().to(device=batch.device, dtype=torch.float64)
-    if scores.shape != (batch.shape[0],):
-        raise ValueError(
-            f"The reward must return one score per sample, shape ({batch.shape[0]},), got {tuple(scores.shape)}."
-        )
-    invalid = torch.isnan(scores) | (scores == math.inf)
-    if invalid.any():
-        raise ValueError(
-            f"The reward returned NaN or +inf for samples {invalid.nonzero().flatten().tolist()}; rewards must be "
-            "finite, or -inf to give a sample zero weight."
-        )
-    return scores
-
-
-def _add_log_potential(log_weights: torch.Tensor, log_potential: torch.Tensor) -> torch.Tensor:
-    """Multiply weights by potentials in log space; a particle of zero weight stays at zero (-inf - -inf is NaN)."""
-    return torch.where(torch.isneginf(log_weights), log_weights, log_weights + log_potential)
+    try:
+        scores = reward(batch)
+        ledger.add_reward(batch.shape[0], time.perf_counter() - started)
+        scores = check_scores(scores, batch.shape[0], f"reward {_name(reward)}")
+    except Exception as error:
+        if bool(torch.isfinite(batch).all()):  # the error path only: the reward's input was fine, so is its error
+            raise
+        raise ValueError(watch.explain(what)) from error
+    return scores.to(batch.device)
 
 
 def _select(
@@ -239,9 +352,81 @@ def _select(
     rewards: torch.Tensor,
     num_outputs: int,
     generator: torch.Generator | None,
+    group: str,
 ) -> torch.Tensor:
     if method.select == "sample":
         return multinomial(log_weights, num_outputs, generator).cpu()
     # Particles of zero weight are out of the population, whatever their reward.
-    eligible = torch.where(torch.isneginf(log_weights), -math.inf, rewards)
-    return torch.topk(eligible.cpu(), num_outputs, sorted=True).indices
+    eligible = torch.where(torch.isneginf(log_weights), -math.inf, rewards).cpu()
+    if torch.isneginf(eligible).all():
+        raise ValueError(
+            f"Every particle{group} has a final reward of -inf (or zero weight), so there is nothing to select: a "
+            "reward of -inf forbids a sample. Check the reward, or what it forbids."
+        )
+    return torch.topk(eligible, num_outputs, sorted=True).indices
+
+
+def _trace(
+    records: list[tuple[Step, bool, tuple[float, ...], tuple[bool, ...], torch.Tensor | None]],
+) -> list[StepRecord]:
+    """The step records, with every timestep read from the device in one go (not one host sync per step)."""
+    if not records:
+        return []
+    timesteps = torch.stack([torch.as_tensor(record[0].timestep) for record in records]).cpu().double().tolist()
+    return [
+        StepRecord(step.index, timestep, rewarded, min(ess), any(resampled), ancestors, ess, resampled)
+        for (step, rewarded, ess, resampled, ancestors), timestep in zip(records, timesteps, strict=True)
+    ]
+
+
+def _name(reward: Reward) -> str:
+    """A function's name, or a callable object's class name, for messages."""
+    return repr(getattr(reward, "__name__", None) or type(reward).__name__)
+
+
+class _FiniteWatch:
+    """Where non-finite values first appeared: recorded on the device at every model call, read only to explain an
+    error (so the record adds no host sync to a run that goes well)."""
+
+    def __init__(self) -> None:
+        self._steps: list[Step] = []
+        self._inputs: list[torch.Tensor] = []  # were the latents the model saw finite, per call
+        self._outputs: list[torch.Tensor] = []  # was the model's output finite, per call
+
+    def record_input(self, step: Step, latents: torch.Tensor) -> None:
+        self._steps.append(step)
+        self._inputs.append(torch.isfinite(latents).all())
+
+    def record_output(self, model_output: torch.Tensor) -> None:
+        self._outputs.append(torch.isfinite(model_output).all())
+
+    def explain(self, what: str) -> str:
+        """Why `what` (x0-hat at a step, or the final samples) is not finite: the first model call whose input or
+        output was not finite, or else the scheduler's own arithmetic. Reads the record: one host sync."""
+        advice = (
+            "This is not the reward's fault: check the model, its dtype (float16 overflows to inf where float32 does "
+            "not), and the scheduler (its prediction_type and timesteps)."
+        )
+        subject = f"The reward's input ({what}) is not finite"
+        inputs = torch.stack(self._inputs).tolist() if self._inputs else []
+        outputs = torch.stack(self._outputs).tolist() if self._outputs else []
+        for k, step in enumerate(self._steps):
+            at = f"step {step.index} (timestep {float(step.timestep):g})"
+            if not inputs[k]:
+                if k == 0:
+                    return f"{subject}: the initial latents x_T were already NaN or inf. {advice}"
+                return (
+                    f"{subject}: the latents became NaN or inf in the transition before {at} (the scheduler's step, "
+                    f"or an on_step_end callback), although the model's outputs were finite until then. {advice}"
+                )
+            if k < len(outputs) and not outputs[k]:
+                return f"{subject}: the model (denoiser) produced NaN or inf at {at}, from finite latents. {advice}"
+        if what == "the final samples":
+            return (
+                f"{subject}: the scheduler's last step produced NaN or inf, although every model output was finite. "
+                f"{advice}"
+            )
+        return (
+            f"{subject}, although the model's output and the latents were finite: the scheduler's conversion of the "
+            f"model output to x0-hat divides by zero or overflows there. {advice}"
+        )

@@ -9,7 +9,8 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffsteer.loop import run_steering
 from diffsteer.methods.fk import FK, BestOfN
 from diffsteer.outputs import CostLedger, SamplingResult
-from diffsteer.processes.scheduler_process import Model, SchedulerProcess
+from diffsteer.processes.scheduler_process import STOCHASTIC_MODES, Model, SchedulerProcess
+from diffsteer.smc.checks import check_callable, check_choice, check_int, check_type, describe
 
 
 Reward = Callable[[torch.Tensor], Any]
@@ -56,13 +57,20 @@ def sample(
     Returns:
         [`~diffsteer.outputs.SamplingResult`]
     """
-    if not isinstance(method, FK | BestOfN):
-        raise ValueError(f"method must be diffsteer.FK(...) or diffsteer.BestOfN(...), got {method!r}.")
-    if not callable(reward):
-        raise ValueError(f"reward must be a callable that scores a batch of samples, got {reward!r}.")
-    num_particles = method.num_particles
-    if not isinstance(num_outputs, int) or not 1 <= num_outputs <= num_particles:
-        raise ValueError(f"num_outputs must be an integer in [1, num_particles={num_particles}], got {num_outputs!r}.")
+    check_type("method", method, FK | BestOfN, "diffsteer.FK(...) or diffsteer.BestOfN(...)")
+    check_callable("model", model, "a callable model(sample, timestep) -> model_output")
+    check_type("scheduler", scheduler, SchedulerMixin, "a diffusers scheduler (a SchedulerMixin)")
+    check_callable("reward", reward, "a callable that scores a batch of samples, reward(x) -> scores")
+    shape = _check_shape(shape)
+    num_inference_steps = check_int("num_inference_steps", num_inference_steps, minimum=1)
+    check_type(
+        "generator", generator, torch.Generator | list | None, "a torch.Generator (or one per particle) or None"
+    )
+    check_type("latents", latents, torch.Tensor | None, "a torch.Tensor of shape (num_particles, *shape) or None")
+    check_type("step_kwargs", step_kwargs, dict | None, "a dict of scheduler.step arguments or None")
+    check_choice("stochastic", stochastic, STOCHASTIC_MODES)
+    check_type("device", device, torch.device | str, "a torch.device or a device name")
+    check_type("dtype", dtype, torch.dtype, "a torch.dtype such as torch.float32")
     if not method.requires_stochastic and stochastic == "auto":
         stochastic = "off"
     ledger = CostLedger()
@@ -76,6 +84,10 @@ def sample(
         device=device,
         dtype=dtype,
     )
+    # no_grad, not inference_mode: tensors made under inference_mode cannot be changed in place or saved for backward
+    # afterwards, which would break `result.samples += 1`, a model or reward that computes gradients inside
+    # (torch.enable_grad), and any tensor the caller's model caches during the run; the speed it buys is small next
+    # to a model call.
     with torch.no_grad():
         run = run_steering(
             process, method, reward, ledger, generator=generator, latents=latents, num_outputs=num_outputs
@@ -100,3 +112,12 @@ def _counting(model: Model, ledger: CostLedger) -> Model:
         return model(sample, timestep)
 
     return counted
+
+
+def _check_shape(shape: Any) -> tuple[int, ...]:
+    """`shape` as a tuple of positive ints (numpy integers accepted)."""
+    if not isinstance(shape, tuple | list | torch.Size):
+        raise TypeError(
+            f"shape must be a tuple of positive integers (the shape of one sample), got {describe(shape)}."
+        )
+    return tuple(check_int(f"shape[{i}]", size, minimum=1) for i, size in enumerate(shape))

@@ -111,8 +111,8 @@ def test_every_particle_forbidden_is_a_clear_error():
     [
         (lambda x: torch.full((x.shape[0],), math.nan), "NaN or \\+inf for samples \\[0, 1"),
         (lambda x: torch.full((x.shape[0],), math.inf), "NaN or \\+inf"),
-        (lambda x: torch.zeros(x.shape[0], 1), "one score per sample, shape \\(8,\\)"),
-        (lambda x: torch.zeros(3), "one score per sample"),
+        (lambda x: torch.zeros(x.shape[0], 2), r"one score per sample.*it returned shape \(8, 2\) for 8 samples"),
+        (lambda x: torch.zeros(3), r"one score per sample.*it returned shape \(3,\)"),
     ],
 )
 def test_bad_rewards_are_clear_errors(reward, message):
@@ -126,11 +126,10 @@ def test_bad_rewards_are_clear_errors(reward, message):
     "make, message",
     [
         (lambda: diffsteer.FK(0), "num_particles must be a positive integer"),
-        (lambda: diffsteer.FK(2.5), "num_particles must be a positive integer"),
         (lambda: diffsteer.BestOfN(-1), "num_particles must be a positive integer"),
         (lambda: diffsteer.FK(4, potential="add"), "Unknown potential 'add'; choose one of"),
         (lambda: diffsteer.FK(4, resampling="stratifed"), "Unknown resampling scheme 'stratifed'"),
-        (lambda: diffsteer.FK(4, ess_threshold=1.5), "ess_threshold must be in"),
+        (lambda: diffsteer.FK(4, ess_threshold=1.5), r"ess_threshold must be a number in \(0, 1\] or None"),
         (lambda: diffsteer.FK(4, interval=0), "interval must be a positive integer"),
         (lambda: diffsteer.FK(4, start=5, stop=5), "stop must be an integer greater than start"),
         (lambda: diffsteer.FK(4, select="top"), "select must be one of"),
@@ -142,9 +141,9 @@ def test_bad_method_arguments_are_clear_errors(make, message):
 
 
 def test_bad_sample_arguments_are_clear_errors():
-    with pytest.raises(ValueError, match=r"method must be diffsteer\.FK"):
+    with pytest.raises(TypeError, match=r"method must be diffsteer\.FK"):
         run("fk")
-    with pytest.raises(ValueError, match="reward must be a callable"):
+    with pytest.raises(TypeError, match="reward must be a callable"):
         run(diffsteer.FK(4), reward="clip")
     with pytest.raises(ValueError, match="num_outputs must be an integer in \\[1, num_particles=4\\]"):
         run(diffsteer.FK(4), num_outputs=5)
@@ -181,3 +180,160 @@ def test_select_sample_is_distributed_as_the_weighted_population():
     drawn = MIXTURE.mode_weights(result.selected)
     assert torch.all((drawn - weighted).abs() <= 5 * torch.sqrt(weighted * (1 - weighted) / num_outputs))
     assert len(set(result.selected_indices.tolist())) < num_outputs  # draws with replacement
+
+
+class ForbidThenTempt:
+    """Rewards 0 for everyone, except particles 0-3: -inf at the second reward call and 1e3 at the last one.
+
+    A particle that met the constraint must keep zero weight whatever it scores later, or the final reward of 1e3
+    makes it the best sample."""
+
+    def __init__(self, num_calls: int) -> None:
+        self.calls, self.num_calls = 0, num_calls
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        scores = torch.zeros(x.shape[0], dtype=torch.float64)
+        if self.calls == 1:
+            scores[:4] = -math.inf
+        elif self.calls == self.num_calls - 1:
+            scores[:4] = 1e3
+        self.calls += 1
+        return scores
+
+
+@pytest.mark.parametrize("kind", ["diff", "max", "sum", "immediate"])
+def test_minus_infinity_at_an_intermediate_step_is_zero_weight_for_good(kind):
+    """N = 16, 10 DDPM steps with a reward at each (11 reward calls with the final one); measured before the fix:
+    under `max` particles 0-3 kept log-weight -1.386 and particle 1 (reward 1000) was selected."""
+    reward = ForbidThenTempt(num_calls=11)
+    result = run(diffsteer.FK(16, potential=kind, lmbda=1.0), reward=reward, num_inference_steps=10)
+    assert reward.calls == 11
+    assert not any(record.resampled for record in result.trace)  # ESS 12 of 16 stays above 8: rows 0-3 are theirs
+    assert torch.isneginf(result.log_weights[:4]).all()
+    assert torch.allclose(result.log_weights[4:], torch.full((12,), -math.log(12), dtype=torch.float64))
+    assert result.selected_indices.item() >= 4
+
+
+def test_best_of_n_refuses_a_group_whose_rewards_are_all_minus_infinity():
+    with pytest.raises(ValueError, match="Every particle has a final reward of -inf"):
+        run(diffsteer.BestOfN(8), reward=lambda x: torch.full((x.shape[0],), -math.inf))
+    # One finite reward is enough to select it.
+    result = run(diffsteer.BestOfN(8), reward=lambda x: torch.where(torch.arange(x.shape[0]) == 5, 1.0, -math.inf))
+    assert result.selected_indices.tolist() == [5]
+
+
+@pytest.mark.parametrize("magnitude", [1e14, 1e15, 1e16])
+@pytest.mark.parametrize("ess_threshold", [0.5, None])
+def test_huge_tilts_keep_normalised_weights_and_ess_exact(magnitude, ess_threshold):
+    """r = magnitude + x_0: the log-weights are around 1e16, where float64's spacing is 2 and log N (2.8) would be
+    lost to rounding without centring (measured before: weights summing to N, ESS 1 / N)."""
+    num_particles = 16
+
+    def reward(x: torch.Tensor) -> torch.Tensor:
+        return magnitude + x[:, 0].double()
+
+    result = run(diffsteer.FK(num_particles, lmbda=1.0, ess_threshold=ess_threshold), reward=reward)
+    assert abs(float(result.log_weights.exp().sum()) - 1.0) <= 1e-12
+    assert 1.0 <= result.ess <= num_particles
+    assert all(1.0 - 1e-12 <= value <= num_particles + 1e-9 for r in result.trace for value in r.group_ess)
+    # log Z = magnitude + log E[exp(x_0)], and x_0 is O(1) here.
+    assert abs(result.log_normalizer - magnitude) < 10.0
+
+
+def nan_model_from(call: int, scheduler):
+    """The exact denoiser, returning NaN for particle 0 from model call `call` on."""
+    exact = exact_denoiser(MIXTURE, scheduler)
+    calls = []
+
+    def model(x: torch.Tensor, t: torch.Tensor) -> torch.Tensor:
+        output = exact(x, t)
+        if len(calls) >= call:
+            output[0] = math.nan
+        calls.append(t)
+        return output
+
+    return model
+
+
+@pytest.mark.parametrize("method", [diffsteer.FK(8, interval=2), diffsteer.BestOfN(8)])
+def test_nan_from_the_model_is_reported_as_the_models(method):
+    """FK sees NaN in x0-hat at a reward step; best-of-N only in the final samples: both name the model's step."""
+    scheduler = DDPMScheduler(clip_sample=False)
+    with pytest.raises(ValueError, match=r"model \(denoiser\) produced NaN or inf at step 3 .*not the reward's fault"):
+        diffsteer.sample(
+            nan_model_from(3, scheduler),
+            scheduler,
+            shape=(2,),
+            method=method,
+            reward=REWARD,
+            num_inference_steps=10,
+            generator=torch.Generator().manual_seed(0),
+        )
+
+
+def test_nan_tolerant_reward_still_gets_the_models_nan_reported():
+    """A reward that maps NaN to a number cannot hide non-finite final samples."""
+    scheduler = DDPMScheduler(clip_sample=False)
+    with pytest.raises(ValueError, match=r"final samples.*model \(denoiser\) produced NaN or inf at step 6"):
+        diffsteer.sample(
+            nan_model_from(6, scheduler),
+            scheduler,
+            shape=(2,),
+            method=diffsteer.FK(8, interval=2),
+            reward=lambda x: torch.nan_to_num(REWARD(x)),
+            num_inference_steps=10,
+            generator=torch.Generator().manual_seed(0),
+        )
+
+
+def test_nan_from_the_reward_on_finite_inputs_is_the_rewards():
+    def nan_reward(x: torch.Tensor) -> torch.Tensor:
+        return torch.full((x.shape[0],), math.nan)
+
+    with pytest.raises(ValueError, match=r"The reward 'nan_reward' returned NaN or \+inf for samples \[0, 1"):
+        run(diffsteer.FK(8), reward=nan_reward)
+
+
+def test_non_finite_initial_latents_are_named():
+    latents = torch.zeros(4, 2)
+    latents[2] = math.inf
+    with pytest.raises(ValueError, match="initial latents x_T were already NaN or inf"):
+        run(diffsteer.FK(4), latents=latents, num_inference_steps=4)
+
+
+def test_ess_is_read_once_per_reward_step_and_carried_between(monkeypatch):
+    """All groups' ESS in one vectorised call (one host sync) at reward steps only; the other steps' records carry
+    the last value, or N after resampling."""
+    import diffsteer.loop as loop
+
+    calls = []
+    real = loop.ess_rows
+    monkeypatch.setattr(loop, "ess_rows", lambda log_weights: calls.append(log_weights.shape) or real(log_weights))
+    result = run(diffsteer.FK(16, lmbda=3.0, interval=4, ess_threshold=0.9))
+    assert calls == [(1, 16)] * 5  # steps 0, 4, 8, 12, 16
+    previous = 16.0
+    for record in result.trace:
+        if not record.rewarded:
+            assert record.group_ess == (previous,)
+        previous = 16.0 if record.resampled else record.ess
+    assert any(record.resampled for record in result.trace) and any(
+        not record.resampled and record.rewarded and record.ess < 16 for record in result.trace
+    )
+
+
+def test_results_are_ordinary_tensors_and_rewards_may_use_autograd():
+    """The loop runs under no_grad, not inference_mode: results can be changed in place, and a reward that needs
+    gradients inside (torch.enable_grad) gets them."""
+
+    def gradient_reward(x: torch.Tensor) -> torch.Tensor:
+        with torch.enable_grad():
+            x = x.detach().double().requires_grad_(True)
+            (grad,) = torch.autograd.grad(REWARD(x).sum(), x)
+        return (grad * x.detach()).sum(1)  # = a.x, computed through autograd
+
+    result = run(diffsteer.FK(4, interval=5), reward=gradient_reward)
+    assert torch.allclose(result.rewards, REWARD(result.samples))
+    samples = result.samples.clone()
+    result.samples += 1
+    result.log_weights.mul_(2)
+    assert torch.equal(result.samples, samples + 1)

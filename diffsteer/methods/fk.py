@@ -1,7 +1,9 @@
 """Feynman-Kac steering (Singhal, Horvitz et al., 2025) and best-of-N."""
 
 from dataclasses import dataclass
+from typing import Any
 
+from diffsteer.smc.checks import check_choice, check_int, check_number, check_type
 from diffsteer.smc.potentials import Lambda, Potential
 from diffsteer.smc.resampling import get_resampling_scheme
 
@@ -9,9 +11,9 @@ from diffsteer.smc.resampling import get_resampling_scheme
 SELECT_MODES = ("best", "sample")
 
 
-def _check_num_particles(num_particles: int) -> None:
-    if isinstance(num_particles, bool) or not isinstance(num_particles, int) or num_particles < 1:
-        raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}.")
+def _set(method: Any, name: str, value: Any) -> None:
+    """Store a checked value (a plain int or float for numpy scalars) on a frozen dataclass."""
+    object.__setattr__(method, name, value)
 
 
 @dataclass(frozen=True)
@@ -34,6 +36,12 @@ class FK:
         stop (`int`, *optional*): no potentials from this full step on (defaults to the number of steps).
         select (`str`, defaults to `"best"`): `"best"` returns the particles with the highest final reward;
             `"sample"` draws from the final weights (the statistically faithful sample of the tilted target).
+
+    Integers may be Python or numpy integers (not bools); numbers may be Python or numpy numbers.
+
+    Raises:
+        TypeError: for an argument of the wrong type, naming it.
+        ValueError: for a value out of range (a NaN or infinite `lmbda` included), naming it.
     """
 
     num_particles: int
@@ -49,19 +57,31 @@ class FK:
     requires_stochastic = True
 
     def __post_init__(self) -> None:
-        _check_num_particles(self.num_particles)
-        Potential(self.potential, self.lmbda)
+        _set(self, "num_particles", _check_num_particles(self.num_particles))
+        _set(self, "lmbda", Potential(self.potential, self.lmbda).lmbda)
+        check_type("resampling", self.resampling, str, "the name of a resampling scheme, such as 'systematic'")
         get_resampling_scheme(self.resampling)
-        if self.ess_threshold is not None and not 0 < self.ess_threshold <= 1:
-            raise ValueError(f"ess_threshold must be in (0, 1] or None, got {self.ess_threshold!r}.")
-        if not isinstance(self.interval, int) or self.interval < 1:
-            raise ValueError(f"interval must be a positive integer, got {self.interval!r}.")
-        if not isinstance(self.start, int) or self.start < 0:
-            raise ValueError(f"start must be a non-negative integer, got {self.start!r}.")
-        if self.stop is not None and (not isinstance(self.stop, int) or self.stop <= self.start):
-            raise ValueError(f"stop must be an integer greater than start={self.start}, got {self.stop!r}.")
-        if self.select not in SELECT_MODES:
-            raise ValueError(f"select must be one of {list(SELECT_MODES)}, got {self.select!r}.")
+        ess_threshold = check_number(
+            "ess_threshold",
+            self.ess_threshold,
+            minimum=0.0,
+            maximum=1.0,
+            minimum_open=True,
+            allow_none=True,
+            hint="It is a fraction of num_particles (0.5 resamples when ESS < N / 2); pass None to resample at "
+            "every potential step.",
+        )
+        _set(self, "ess_threshold", ess_threshold)
+        _set(self, "interval", check_int("interval", self.interval, minimum=1, hint="1 evaluates every step."))
+        _set(self, "start", check_int("start", self.start, minimum=0, hint="0 is the first step."))
+        stop = check_int("stop", self.stop, allow_none=True)
+        if stop is not None and stop <= self.start:
+            raise ValueError(
+                f"stop must be an integer greater than start={self.start}, got {stop}: potentials are applied at "
+                "full steps start, start + interval, ... below stop; pass None to go to the last step."
+            )
+        _set(self, "stop", stop)
+        check_choice("select", self.select, SELECT_MODES)
 
     def make_potential(self) -> Potential:
         return Potential(self.potential, self.lmbda)
@@ -89,7 +109,7 @@ class BestOfN:
     select = "best"
 
     def __post_init__(self) -> None:
-        _check_num_particles(self.num_particles)
+        _set(self, "num_particles", _check_num_particles(self.num_particles))
 
     def make_potential(self) -> None:
         return None
@@ -99,3 +119,7 @@ class BestOfN:
 
     def should_resample(self, ess: float, num_particles: int) -> bool:
         return False
+
+
+def _check_num_particles(num_particles: Any) -> int:
+    return check_int("num_particles", num_particles, minimum=1)
