@@ -10,6 +10,8 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
+from diffsteer.smc.checks import check_int
+
 
 @runtime_checkable
 class Reindexable(Protocol):
@@ -51,9 +53,7 @@ class Particles:
     """
 
     def __init__(self, num_particles: int, **fields: Any) -> None:
-        if not isinstance(num_particles, int) or num_particles < 1:
-            raise ValueError(f"num_particles must be a positive integer, got {num_particles!r}.")
-        object.__setattr__(self, "num_particles", num_particles)
+        object.__setattr__(self, "num_particles", check_int("num_particles", num_particles, minimum=1))
         object.__setattr__(self, "_fields", {})
         for name, value in fields.items():
             setattr(self, name, value)
@@ -76,6 +76,8 @@ class Particles:
 
     def reindex(self, indices: torch.Tensor) -> None:
         """Replace every field by its rows at `indices` (ancestor indices from a resampling scheme)."""
+        if not isinstance(indices, torch.Tensor):
+            raise TypeError(f"indices must be a 1-D integer torch.Tensor, got {type(indices).__name__}.")
         if indices.ndim != 1 or indices.numel() != self.num_particles:
             raise ValueError(
                 f"indices must have shape ({self.num_particles},) to keep the particle count, "

@@ -10,6 +10,7 @@ from collections.abc import Callable
 
 import torch
 
+from diffsteer.smc.checks import check_callable, check_int, check_type
 from diffsteer.smc.weights import check_log_weights
 
 
@@ -21,7 +22,10 @@ RESAMPLING_SCHEMES: dict[str, ResamplingScheme] = {}
 def register_resampling_scheme(name: str) -> Callable[[ResamplingScheme], ResamplingScheme]:
     """Decorator that adds a scheme to the registry under `name`."""
 
+    check_type("name", name, str, "a string")
+
     def decorator(scheme: ResamplingScheme) -> ResamplingScheme:
+        check_callable("scheme", scheme, "a function scheme(log_weights, num_samples, generator) -> indices")
         if name in RESAMPLING_SCHEMES:
             raise ValueError(f"A resampling scheme named {name!r} is already registered.")
         RESAMPLING_SCHEMES[name] = scheme
@@ -34,8 +38,10 @@ def get_resampling_scheme(name: str) -> ResamplingScheme:
     """The registered scheme called `name`.
 
     Raises:
+        TypeError: if `name` is not a string.
         ValueError: naming the registered schemes, if `name` is not one of them.
     """
+    check_type("name", name, str, "the name of a resampling scheme, such as 'systematic'")
     try:
         return RESAMPLING_SCHEMES[name]
     except KeyError:
@@ -49,6 +55,7 @@ def resample(
     log_weights: torch.Tensor, num_samples: int, scheme: str = "systematic", generator: torch.Generator | None = None
 ) -> torch.Tensor:
     """Ancestor indices drawn with the scheme called `scheme`."""
+    check_type("scheme", scheme, str, "the name of a resampling scheme, such as 'systematic'")
     return get_resampling_scheme(scheme)(log_weights, num_samples, generator)
 
 
@@ -70,26 +77,26 @@ def inverse_cdf(log_weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tens
 
 
 def _uniforms(num: int, generator: torch.Generator | None) -> torch.Tensor:
+    check_type("generator", generator, torch.Generator | None, "a torch.Generator or None")
     device = generator.device if generator is not None else torch.device("cpu")
     return torch.rand(num, generator=generator, device=device, dtype=torch.float64).cpu()
 
 
-def _check_num_samples(num_samples: int) -> None:
-    if not isinstance(num_samples, int) or num_samples < 1:
-        raise ValueError(f"num_samples must be a positive integer, got {num_samples!r}.")
+def _check_num_samples(num_samples: int) -> int:
+    return check_int("num_samples", num_samples, minimum=1)
 
 
 @register_resampling_scheme("multinomial")
 def multinomial(log_weights: torch.Tensor, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """Independent draws from the categorical distribution of the weights."""
-    _check_num_samples(num_samples)
+    num_samples = _check_num_samples(num_samples)
     return inverse_cdf(log_weights, _uniforms(num_samples, generator)).to(log_weights.device)
 
 
 @register_resampling_scheme("stratified")
 def stratified(log_weights: torch.Tensor, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """One independent uniform in each of the strata [k/M, (k+1)/M)."""
-    _check_num_samples(num_samples)
+    num_samples = _check_num_samples(num_samples)
     strata = torch.arange(num_samples, dtype=torch.float64)
     uniforms = (strata + _uniforms(num_samples, generator)) / num_samples
     return inverse_cdf(log_weights, uniforms).to(log_weights.device)
@@ -98,7 +105,7 @@ def stratified(log_weights: torch.Tensor, num_samples: int, generator: torch.Gen
 @register_resampling_scheme("systematic")
 def systematic(log_weights: torch.Tensor, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """One uniform shared by all strata: (k + U) / M."""
-    _check_num_samples(num_samples)
+    num_samples = _check_num_samples(num_samples)
     strata = torch.arange(num_samples, dtype=torch.float64)
     uniforms = (strata + _uniforms(1, generator)) / num_samples
     return inverse_cdf(log_weights, uniforms).to(log_weights.device)
@@ -107,7 +114,7 @@ def systematic(log_weights: torch.Tensor, num_samples: int, generator: torch.Gen
 @register_resampling_scheme("residual")
 def residual(log_weights: torch.Tensor, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
     """floor(M W_i) deterministic copies of each particle, the remaining draws multinomial on the residuals."""
-    _check_num_samples(num_samples)
+    num_samples = _check_num_samples(num_samples)
     check_log_weights(log_weights)
     probabilities = torch.softmax(log_weights.detach().to(torch.float64), dim=0).cpu()
     expected = num_samples * probabilities

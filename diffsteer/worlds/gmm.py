@@ -19,6 +19,7 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from diffsteer.processes.schedulers import scheduler_spec
 from diffsteer.processes.x0 import alpha_bar, flow_sigma
+from diffsteer.smc.checks import check_int, check_number, check_type
 
 
 @dataclass(frozen=True)
@@ -36,13 +37,20 @@ class GaussianMixture:
     covariances: torch.Tensor
 
     def __post_init__(self) -> None:
+        for name in ("weights", "means", "covariances"):
+            check_type(name, getattr(self, name), torch.Tensor, "a torch.Tensor")
         weights, means, covariances = (t.to(torch.float64) for t in (self.weights, self.means, self.covariances))
+        if means.ndim != 2 or means.shape[0] == 0:
+            raise ValueError(f"means must have shape (K, d) with K >= 1 components, got {tuple(means.shape)}.")
         num_components, dim = means.shape
         if weights.shape != (num_components,) or covariances.shape != (num_components, dim, dim):
             raise ValueError(
                 f"Expected weights ({num_components},) and covariances ({num_components}, {dim}, {dim}) for means "
                 f"{tuple(means.shape)}; got {tuple(weights.shape)} and {tuple(covariances.shape)}."
             )
+        for name, tensor in (("weights", weights), ("means", means), ("covariances", covariances)):
+            if not torch.isfinite(tensor).all():
+                raise ValueError(f"{name} must be finite, got {tensor.tolist()}.")
         if (weights < 0).any() or not math.isclose(float(weights.sum()), 1.0, abs_tol=1e-6):
             raise ValueError(f"weights must be non-negative and sum to one, got {weights.tolist()}.")
         object.__setattr__(self, "weights", weights / weights.sum())
@@ -54,6 +62,8 @@ class GaussianMixture:
         """A mixture with covariances std_k^2 I."""
         means_t = torch.tensor(means, dtype=torch.float64)
         stds = torch.as_tensor(std, dtype=torch.float64).expand(means_t.shape[0])
+        if not (torch.isfinite(stds) & (stds > 0)).all():
+            raise ValueError(f"std must be positive and finite, got {std!r}.")
         eye = torch.eye(means_t.shape[1], dtype=torch.float64)
         return cls(torch.tensor(weights, dtype=torch.float64), means_t, stds[:, None, None] ** 2 * eye)
 
@@ -112,14 +122,21 @@ class GaussianMixture:
 
     def sample(self, num_samples: int, generator: torch.Generator | None = None) -> torch.Tensor:
         """Exact samples, shape (num_samples, d)."""
+        num_samples = check_int("num_samples", num_samples, minimum=1)
         components = torch.multinomial(self.weights, num_samples, replacement=True, generator=generator)
         noise = torch.randn(num_samples, self.dim, generator=generator, dtype=torch.float64)
         cholesky = torch.linalg.cholesky(self.covariances)[components]
         return self.means[components] + (cholesky @ noise.unsqueeze(-1)).squeeze(-1)
 
     def tilt(self, direction: torch.Tensor, lmbda: float) -> tuple["GaussianMixture", float]:
-        """The mixture proportional to p(x) exp(lmbda a.x), and log Z = log E_p[exp(lmbda a.x)]."""
-        a = torch.as_tensor(direction, dtype=torch.float64)
+        """The mixture proportional to p(x) exp(lmbda a.x), and log Z = log E_p[exp(lmbda a.x)].
+
+        Raises:
+            TypeError: if `lmbda` is not a number.
+            ValueError: if `lmbda` is NaN or infinite, or `direction` not a finite vector of the mixture's dimension.
+        """
+        lmbda = check_number("lmbda", lmbda, hint="The tilt p(x) exp(lmbda a.x) needs a finite lmbda.")
+        a = _direction(direction, self.dim)
         shift = self.covariances @ a  # Sigma_k a, (K, d)
         log_factors = lmbda * self.means @ a + 0.5 * lmbda**2 * (shift @ a)
         log_joint = torch.log(self.weights) + log_factors
@@ -136,12 +153,24 @@ def four_modes() -> GaussianMixture:
 
 def linear_reward(direction: torch.Tensor | list[float]) -> Callable[[torch.Tensor], torch.Tensor]:
     """r(x) = a . x for a batch of shape (N, d)."""
-    a = torch.as_tensor(direction, dtype=torch.float64)
+    a = _direction(direction, None)
 
     def reward(x: torch.Tensor) -> torch.Tensor:
         return x.to(torch.float64).reshape(x.shape[0], -1) @ a.to(x.device)
 
     return reward
+
+
+def _direction(direction: torch.Tensor | list[float], dim: int | None) -> torch.Tensor:
+    """`direction` as a finite float64 vector (of length `dim`, when given)."""
+    try:
+        a = torch.as_tensor(direction, dtype=torch.float64)
+    except (TypeError, ValueError, RuntimeError):
+        raise TypeError(f"direction must be a vector of numbers, got {direction!r}.") from None
+    if a.ndim != 1 or (dim is not None and a.shape[0] != dim) or not torch.isfinite(a).all():
+        size = "d" if dim is None else str(dim)
+        raise ValueError(f"direction must be a finite vector of shape ({size},), got {a.tolist()}.")
+    return a
 
 
 def exact_denoiser(
