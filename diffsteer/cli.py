@@ -1,9 +1,30 @@
-"""The `diffsteer` command line."""
+"""The `diffsteer` command line.
+
+Exit codes: 0 on success, 2 for bad input (one line on stderr naming the argument and the fix; also a write that
+failed, or memory that ran out), 130 when interrupted (Ctrl-C).
+"""
 
 import argparse
+import contextlib
+import inspect
 import sys
+import warnings
+from collections.abc import Iterator
+from pathlib import Path
+from typing import NoReturn
 
 import torch
+
+
+EXIT_BAD_INPUT = 2
+EXIT_INTERRUPTED = 130  # 128 + SIGINT, what shells report for a command stopped by Ctrl-C
+
+
+class _Parser(argparse.ArgumentParser):
+    """argparse with its errors on one line, like every other error of the command (argparse adds a usage block)."""
+
+    def error(self, message: str) -> NoReturn:
+        self.exit(EXIT_BAD_INPUT, f"diffsteer: error: {message} (see {self.prog} --help)\n")
 
 
 def _gmm(args: argparse.Namespace) -> None:
@@ -11,8 +32,11 @@ def _gmm(args: argparse.Namespace) -> None:
     from diffusers import DDPMScheduler
 
     import diffsteer
+    from diffsteer.generate import check_lmbda, check_seed, plural
     from diffsteer.worlds.gmm import exact_denoiser, four_modes, linear_reward
 
+    check_lmbda(args.lmbda)
+    check_seed(args.seed)
     mixture = four_modes()
     direction = torch.tensor([1.0, 0.5])
     tilted, log_z = mixture.tilt(direction, args.lmbda)
@@ -44,7 +68,7 @@ def _gmm(args: argparse.Namespace) -> None:
     )
     print(f"{method}")
     print(f"mode weights      prior        {row(mixture.weights)}")
-    print(f"                  plain        {row(plain_modes)}   ({args.particles} plain samples)")
+    print(f"                  plain        {row(plain_modes)}   ({plural(args.particles, 'plain sample')})")
     print(f"                  target       {row(tilted.weights)}   (closed form)")
     print(f"                  FK           {row(fk_modes)}   (weighted particles)")
     print(
@@ -67,18 +91,24 @@ def _gmm(args: argparse.Namespace) -> None:
 def _generate(args: argparse.Namespace) -> None:
     """Generate an image for PROMPT, spending up to --budget plain samples' worth of denoising on FK steering or
     best-of-N against --reward; writes the image, every particle and summary.json to --out."""
-    from pathlib import Path
-
     from diffsteer import generate as gen
     from diffsteer.rewards import get_spec
     from diffsteer.rewards import load as load_reward
 
-    plan = gen.plan_budget(args.method, args.budget, args.particles, args.steps)
-    get_spec(args.reward)  # an unknown reward fails before the model loads
-    device = args.device or ("cuda" if torch.cuda.is_available() else "cpu")
+    # Every argument is checked before anything loads, so a typo costs no model load and no denoising.
+    plan = gen.plan_budget(args.method, args.budget, args.particles, args.steps, args.max_particles)
+    gen.check_guidance_scale(args.guidance_scale)
+    gen.check_lmbda(args.lmbda, args.method)
+    gen.check_seed(args.seed)
+    gen.check_model(args.model)
+    device = gen.resolve_device(args.device)
+    options = gen.reward_options(args.reward_option)
+    get_spec(args.reward)
+    out = gen.check_out(args.out)
+    # The reward loads first: an option it does not take is refused before the (larger) model loads.
+    reward = load_reward(args.reward, **options).to(device)
     pipeline = gen.load_pipeline(args.model, device)
     gen.check_prompt(pipeline, args.prompt)
-    reward = load_reward(args.reward).to(device)
     method = gen.make_method(plan, **({} if args.lmbda is None else {"lmbda": args.lmbda}))
     print(plan.describe(), file=sys.stderr)
     output = gen.generate(
@@ -89,27 +119,59 @@ def _generate(args: argparse.Namespace) -> None:
         prompt=args.prompt,
         model=str(args.model),
         reward_name=args.reward,
+        reward_options=options,
         plan=plan,
         method=method,
         guidance_scale=args.guidance_scale,
         seed=args.seed,
         judge=gen.is_shapes_model(args.model),
     )
-    out = Path(args.out)
-    gen.write_outputs(out, output, summary)
+    summary = gen.write_outputs(out, output, summary)
     verdict = summary.get("evaluator")
     judged = ""
     if isinstance(verdict, dict):
         judged = f"; evaluator: {'correct' if verdict['selected']['correct'] else 'incorrect'}"
+    folder = Path(args.out)
     print(
-        f"wrote {out / 'image.png'} (reward {summary['rewards']['selected']:.3f}{judged}), "
-        f"{len(summary['files']['particles'])} particles and {out / 'summary.json'}"
+        f"wrote {folder / 'image.png'} (reward {summary['rewards']['selected']:.3f}{judged}), "
+        f"{gen.plural(len(summary['files']['particles']), 'particle')} and {folder / 'summary.json'}"
     )
 
 
+def _rewards(args: argparse.Namespace) -> None:
+    """List the registered rewards: name, whether gradients reach the images, whether the default weights need a
+    download, the options `--reward-option` passes, what each scores and where its weights come from."""
+    from diffsteer.rewards import available
+
+    rows = [("name", "differentiable", "needs download", "options")]
+    details = []
+    for spec in available():
+        options = [name for name in inspect.signature(spec.factory).parameters if name != "self"]
+        rows.append(
+            (
+                spec.name,
+                "yes" if spec.differentiable else "no",
+                "yes" if spec.needs_download else "no",
+                ", ".join(options) or "none",
+            )
+        )
+        details.append((spec.summary, spec.source))
+    widths = [max(len(row[column]) for row in rows) for column in range(3)]
+    for index, row in enumerate(rows):
+        print("  ".join(cell.ljust(width) for cell, width in zip(row[:3], widths, strict=True)) + "  " + row[3])
+        if index:
+            summary, source = details[index - 1]
+            print(f"    {summary}")
+            print(f"    weights: {source}")
+
+
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(
-        prog="diffsteer", description="Inference-time steering of diffusion models (FK steering, best-of-N)."
+    from diffsteer.generate import MAX_PARTICLES, METHODS, SHAPES_MODEL, reward_option
+
+    parser = _Parser(
+        prog="diffsteer",
+        description="Inference-time steering of diffusion models (FK steering, best-of-N).",
+        epilog="Exit codes: 0 done, 2 bad input (one line on stderr), 130 interrupted.",
     )
     commands = parser.add_subparsers(dest="command", required=True)
     gmm = commands.add_parser(
@@ -118,20 +180,21 @@ def build_parser() -> argparse.ArgumentParser:
         description=_gmm.__doc__,
     )
     gmm.add_argument("--particles", type=int, default=2000, help="number of particles N (default 2000)")
-    gmm.add_argument("--lmbda", type=float, default=0.6, help="tilt strength lambda (default 0.6)")
+    gmm.add_argument("--lmbda", type=float, default=0.6, help="tilt strength lambda, finite (default 0.6)")
     gmm.add_argument("--potential", default="diff", help="diff, max, sum or immediate (default diff)")
     gmm.add_argument("--resampling", default="systematic", help="multinomial, stratified, systematic or residual")
     gmm.add_argument("--interval", type=int, default=1, help="evaluate the reward every INTERVAL steps (default 1)")
     gmm.add_argument("--steps", type=int, default=100, help="DDPM steps (default 100)")
-    gmm.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
+    gmm.add_argument("--seed", type=int, default=0, help="random seed, 0 .. 2**64 - 1 (default 0)")
     gmm.set_defaults(run=_gmm)
-
-    from diffsteer.generate import METHODS, SHAPES_MODEL
 
     generate = commands.add_parser(
         "generate",
         help="generate an image for a prompt under a compute budget (FK steering or best-of-N)",
         description=_generate.__doc__,
+        epilog="The run writes into a temporary folder beside --out and then swaps it in, so --out holds one whole "
+        "run: never files of two runs, and an interrupted or failed run leaves an earlier --out as it was. "
+        "Exit codes: 0 done, 2 bad input (one line on stderr), 130 interrupted.",
     )
     generate.add_argument("prompt", help="what to draw, e.g. 'a red circle left of a blue square'")
     generate.add_argument(
@@ -140,7 +203,17 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"'{SHAPES_MODEL}' (the embedded shapes model, default), a local diffusers folder or a hub id",
     )
     generate.add_argument(
-        "--reward", default="shapes-clip", help="a name from diffsteer.rewards.available() (default shapes-clip)"
+        "--reward", default="shapes-clip", help="a name `diffsteer rewards` lists (default shapes-clip)"
+    )
+    generate.add_argument(
+        "--reward-option",
+        action="append",
+        type=reward_option,
+        default=[],
+        metavar="KEY=JSON",
+        help="an option of the reward, repeatable; the value is JSON, e.g. partial=true for shapes-eval, or local "
+        "weights: --reward image-reward --reward-option pretrained='\"/models/ImageReward.pt\"' "
+        "(`diffsteer rewards` lists each reward's options)",
     )
     generate.add_argument(
         "--method", choices=METHODS, default="fk", help="fk (FK steering, default) or bon (best-of-N)"
@@ -153,24 +226,93 @@ def build_parser() -> argparse.ArgumentParser:
         "particles",
     )
     generate.add_argument("--particles", type=int, default=None, help="particles N (default: floor of --budget)")
+    generate.add_argument(
+        "--max-particles",
+        type=int,
+        default=MAX_PARTICLES,
+        help=f"the most particles a run may take (default {MAX_PARTICLES}): all are denoised in one batch and kept "
+        "as images, so memory grows with them; raise it on a machine that holds more",
+    )
     generate.add_argument("--steps", type=int, default=25, help="denoising steps (default 25)")
-    generate.add_argument("--guidance-scale", type=float, default=3.0, help="classifier-free guidance (default 3.0)")
-    generate.add_argument("--lmbda", type=float, default=None, help="FK tilt strength lambda (default: the method's)")
-    generate.add_argument("--seed", type=int, default=0, help="random seed (default 0)")
-    generate.add_argument("--out", default="diffsteer-output", help="output folder (default ./diffsteer-output)")
+    generate.add_argument(
+        "--guidance-scale",
+        type=float,
+        default=3.0,
+        help="classifier-free guidance, finite and >= 0 (default 3.0); values <= 1 turn it off, as in diffusers "
+        "(Flux takes the value as its distilled guidance)",
+    )
+    generate.add_argument(
+        "--lmbda", type=float, default=None, help="FK tilt strength lambda, finite (default: FK's 1.0; not for bon)"
+    )
+    generate.add_argument("--seed", type=int, default=0, help="random seed, 0 .. 2**64 - 1 (default 0)")
+    generate.add_argument(
+        "--out",
+        default="diffsteer-output",
+        help="output folder (default ./diffsteer-output); replaced whole by each run, so it must be new, empty or "
+        "an earlier diffsteer output",
+    )
     generate.add_argument("--device", default=None, help="torch device (default: cuda if available, else cpu)")
     generate.set_defaults(run=_generate)
+
+    rewards = commands.add_parser("rewards", help="list the rewards --reward takes", description=_rewards.__doc__)
+    rewards.set_defaults(run=_rewards)
     return parser
 
 
+@contextlib.contextmanager
+def _quiet_third_parties() -> Iterator[None]:
+    """Mute warnings and log lines of diffusers, transformers, huggingface_hub and the rest during a command: they
+    would come before (and bury) the command's own one-line error. diffsteer's own warnings still show, and the
+    caller's settings come back afterwards."""
+    import diffusers.utils.logging
+    import huggingface_hub.utils.logging
+    import transformers.utils.logging
+
+    libraries = (diffusers.utils.logging, transformers.utils.logging, huggingface_hub.utils.logging)
+    levels = [library.get_verbosity() for library in libraries]
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        warnings.filterwarnings("default", module=r"diffsteer(\.|$)")
+        for library in libraries:
+            library.set_verbosity_error()
+        try:
+            yield
+        finally:
+            for library, level in zip(libraries, levels, strict=True):
+                library.set_verbosity(level)
+
+
+def _is_out_of_memory(error: BaseException) -> bool:
+    # CUDA raises torch.OutOfMemoryError; torch's CPU allocator raises a plain RuntimeError that says so.
+    return isinstance(error, (MemoryError, torch.OutOfMemoryError)) or (
+        isinstance(error, RuntimeError) and "can't allocate memory" in str(error)
+    )
+
+
+def _fail(message: str) -> int:
+    print(f"diffsteer: error: {message}", file=sys.stderr)
+    return EXIT_BAD_INPUT
+
+
 def main(argv: list[str] | None = None) -> int:
-    args = build_parser().parse_args(argv)
+    """Run the command in `argv` (default: `sys.argv[1:]`); returns the exit code."""
     try:
-        args.run(args)
-    except (ValueError, OSError) as error:  # bad input and missing files or weights: one line, no traceback
+        args = build_parser().parse_args(argv)
+    except SystemExit as exit:  # --help (0) or an argparse error (2, already printed on one line)
+        return exit.code if isinstance(exit.code, int) else EXIT_BAD_INPUT
+    try:
+        with _quiet_third_parties():
+            args.run(args)
+    except KeyboardInterrupt:  # Ctrl-C: whatever was being written has been removed on the way out
+        print("\ndiffsteer: interrupted" if sys.stderr.isatty() else "diffsteer: interrupted", file=sys.stderr)
+        return EXIT_INTERRUPTED
+    except (ValueError, TypeError, OSError) as error:  # bad input and missing files or weights: one line
         message = str(error).strip().splitlines()[0] if str(error).strip() else type(error).__name__
-        print(f"diffsteer: error: {message}", file=sys.stderr)
-        return 2
+        return _fail(message)
+    except (MemoryError, RuntimeError) as error:
+        if not _is_out_of_memory(error):
+            raise
+        return _fail("out of memory; lower --budget or --particles (or use a device with more memory).")
     return 0
 
 

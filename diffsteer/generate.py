@@ -4,11 +4,24 @@ the benchmarks reuse.
 The budget is counted in denoiser evaluations: `budget B` spends at most B times what one plain sample of the same
 steps and guidance costs. Best-of-N and FK steering both denoise every particle at every step, so each turns B into
 floor(B) particles; FK additionally decodes and scores x0-hat at its reward steps, which the ledger reports.
+
+The output folder is written whole or not at all: the run writes into a temporary folder beside `--out` and swaps it
+in (`write_outputs`), so a reader never sees files of two runs mixed, and an interrupted or failed run leaves the
+earlier output as it was.
 """
 
+import argparse
+import contextlib
+import io
 import json
 import math
 import os
+import re
+import secrets
+import shutil
+import signal
+import threading
+from collections.abc import Iterable, Iterator
 from dataclasses import asdict, dataclass
 from pathlib import Path
 from typing import Any
@@ -23,6 +36,21 @@ DEFAULT_BUDGET = 4.0
 SHAPES_MODEL = "shapes"  # the embedded model's name on the command line
 # FK steering's settings for `generate` (chosen on training prompts of the shapes world, never the held-out ones).
 FK_SETTINGS: dict[str, Any] = {"potential": "diff", "lmbda": 1.0, "interval": 5, "resampling": "systematic"}
+# Every particle is denoised in one batch and every decoded particle is kept for the output, so memory grows with N.
+# The cap stops a typo such as `--budget 1e9` before any compute instead of in the allocator; `--max-particles`
+# raises it for a machine and model that can hold more.
+MAX_PARTICLES = 4096
+# `torch.Generator.manual_seed` takes 0 .. 2**64 - 1 (a negative seed wraps around to the same streams).
+MAX_SEED = 2**64 - 1
+# The files a run writes; a folder holding anything else is not a diffsteer output, and is never replaced.
+OUTPUT_FILE = re.compile(r"image\.png|summary\.json|particle-\d+\.png")
+# Families with a steering pipeline, as people name them (`diffsteer.pipelines.STEERING_PIPELINES` has the classes).
+STEERED_FAMILIES = "Stable Diffusion 1.x/2.x, SDXL, SD3 and Flux"
+
+
+def plural(count: int, noun: str) -> str:
+    """`count` and `noun`, with an "s" unless the count is 1: "1 particle", "4 particles"."""
+    return f"{count} {noun}{'s' * (count != 1)}"
 
 
 @dataclass(frozen=True)
@@ -49,13 +77,23 @@ class BudgetPlan:
     def describe(self) -> str:
         name = {"fk": "FK steering", "bon": "best-of-N"}[self.method]
         return (
-            f"budget {self.budget:g} -> {name} with {self.num_particles} particle{'s' * (self.num_particles != 1)} x "
-            f"{self.steps} steps = {self.spent:g}x the denoiser cost of one plain sample"
+            f"budget {self.budget:g} -> {name} with {plural(self.num_particles, 'particle')} x "
+            f"{plural(self.steps, 'step')} = {self.spent:g}x the denoiser cost of one plain sample"
         )
 
 
-def plan_budget(method: str, budget: float | None, num_particles: int | None, steps: int) -> BudgetPlan:
-    """Turn `--budget` and/or `--particles` into a plan; `ValueError` names the bad argument and the fix."""
+def plan_budget(
+    method: str, budget: float | None, num_particles: int | None, steps: int, max_particles: int = MAX_PARTICLES
+) -> BudgetPlan:
+    """Turn `--budget` and/or `--particles` into a plan; `ValueError` names the bad argument and the fix.
+
+    Args:
+        method: "fk" or "bon".
+        budget: denoiser cost allowed, in plain samples (None: `num_particles`, else `DEFAULT_BUDGET`).
+        num_particles: particles N (None: floor of the budget).
+        steps: denoising steps per particle.
+        max_particles: the most particles a plan may take (`--max-particles`).
+    """
     if method not in METHODS:
         raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}.")
     if steps < 1:
@@ -64,14 +102,23 @@ def plan_budget(method: str, budget: float | None, num_particles: int | None, st
         raise ValueError(f"--budget must be at least 1 (one plain sample), got {budget:g}.")
     if num_particles is not None and num_particles < 1:
         raise ValueError(f"--particles must be at least 1, got {num_particles}.")
+    if max_particles < 1:
+        raise ValueError(f"--max-particles must be at least 1, got {max_particles}.")
+    asked_for = "--particles" if num_particles is not None else f"--budget {budget or DEFAULT_BUDGET:g}"
     if budget is None:
         budget = float(num_particles or DEFAULT_BUDGET)
     if num_particles is None:
         num_particles = math.floor(budget)
     elif num_particles > budget:
         raise ValueError(
-            f"--particles {num_particles} costs {num_particles} plain samples, over --budget {budget:g}; "
+            f"--particles {num_particles} costs {plural(num_particles, 'plain sample')}, over --budget {budget:g}; "
             f"raise --budget to {num_particles} or lower --particles."
+        )
+    if num_particles > max_particles:
+        raise ValueError(
+            f"{asked_for} asks for {num_particles} particles, over the cap of {max_particles} (every particle is "
+            "denoised at once and kept as an image, so memory grows with them); lower it, or raise --max-particles "
+            "if this machine holds that many."
         )
     return BudgetPlan(method, float(budget), num_particles, steps)
 
@@ -83,17 +130,110 @@ def make_method(plan: BudgetPlan, **fk_options: Any) -> FK | BestOfN:
     return FK(plan.num_particles, **{**FK_SETTINGS, **fk_options})
 
 
+def check_seed(seed: int) -> None:
+    """Refuse a seed `torch.Generator.manual_seed` cannot take, or one that only aliases another (a negative one)."""
+    if not 0 <= seed <= MAX_SEED:
+        raise ValueError(f"--seed must be between 0 and 2**64 - 1 = {MAX_SEED} (torch's seed range), got {seed}.")
+
+
+def check_guidance_scale(guidance_scale: float) -> None:
+    """Refuse NaN, infinite and negative guidance (diffusers would quietly run such values unguided)."""
+    if not (math.isfinite(guidance_scale) and guidance_scale >= 0):
+        raise ValueError(
+            f"--guidance-scale must be a finite number >= 0 (values <= 1 turn classifier-free guidance off), "
+            f"got {guidance_scale:g}."
+        )
+
+
+def check_lmbda(lmbda: float | None, method: str = "fk") -> None:
+    """Refuse a non-finite FK tilt (it would fail mid-run in the log-weights), and any `--lmbda` for best-of-N."""
+    if lmbda is None:
+        return
+    if method == "bon":
+        raise ValueError("--lmbda is an FK setting; best-of-N has none. Drop --lmbda or pass --method fk.")
+    if not math.isfinite(lmbda):
+        raise ValueError(f"--lmbda must be a finite number, got {lmbda:g}.")
+
+
+def resolve_device(device: str | None) -> torch.device:
+    """The torch device `--device` names (None: cuda if available, else cpu), checked by putting a tensor on it.
+
+    Raises:
+        ValueError: for a name torch does not parse or a device this machine does not have.
+    """
+    if device is None:
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    try:
+        parsed = torch.device(device)
+    except (RuntimeError, TypeError) as error:
+        raise ValueError(
+            f"--device {device!r} is not a torch device ({_first_line(error)}); use cpu or cuda."
+        ) from None
+    if parsed.type == "meta":
+        raise ValueError("--device meta holds no data, so it cannot make images; use cpu or cuda.")
+    if parsed.type == "cuda" and not torch.cuda.is_available():
+        raise ValueError(f"--device {device!r}: this machine has no CUDA GPU that torch can use; use --device cpu.")
+    if parsed.type == "cuda" and parsed.index is not None and parsed.index >= torch.cuda.device_count():
+        count = torch.cuda.device_count()
+        raise ValueError(
+            f"--device {device!r}: this machine has {plural(count, 'CUDA GPU')} (cuda:0 .. cuda:{count - 1})."
+        )
+    try:
+        torch.zeros(1, device=parsed)
+    except Exception as error:  # torch raises RuntimeError or AssertionError for a backend it was built without
+        raise ValueError(f"--device {device!r} is not available here ({_first_line(error)}).") from None
+    return parsed
+
+
+def reward_option(text: str) -> tuple[str, Any]:
+    """`--reward-option KEY=JSON` as (key, value), for argparse's `type=`: a malformed one is reported under its flag.
+
+    The value is JSON, so strings need double quotes: `partial=true`, `pretrained='"/path/to/ImageReward.pt"'`.
+    """
+    key, separator, value = text.partition("=")
+    try:
+        if not (key and separator):
+            raise ValueError
+        return key, json.loads(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected KEY=JSON such as partial=true or pretrained='\"/path/to/weights\"', got {text!r}"
+        ) from None
+
+
+def reward_options(pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:
+    """The `--reward-option` pairs as keyword options; a key given twice is refused rather than silently replaced."""
+    options: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in options:
+            raise ValueError(f"--reward-option {key} is given twice; pass each option once.")
+        options[key] = value
+    return options
+
+
 def is_shapes_model(model: str | os.PathLike) -> bool:
     from diffsteer.worlds.shapes import MODEL_PATH
 
     return str(model) == SHAPES_MODEL or Path(model).resolve() == MODEL_PATH.resolve()
 
 
+def check_model(model: str | os.PathLike) -> None:
+    """Refuse an empty `--model` (a path would read it as the current folder)."""
+    if not str(model).strip():
+        raise ValueError(f"--model is empty; pass '{SHAPES_MODEL}', a local diffusers folder or a hub id.")
+
+
 def load_pipeline(model: str | os.PathLike, device: str | torch.device = "cpu") -> Any:
-    """The steering pipeline of `model` ("shapes" for the embedded model, a local folder or a hub id)."""
+    """The steering pipeline of `model` ("shapes" for the embedded model, a local folder or a hub id).
+
+    Raises:
+        ValueError: one line naming `--model` and what is wrong: an empty name, a folder or hub id without a diffusers
+            `model_index.json`, a pipeline class diffsteer cannot steer, or components that fail to load.
+    """
     from diffsteer.pipelines import AutoSteeringPipeline
     from diffsteer.worlds.shapes import MODEL_PATH
 
+    check_model(model)
     embedded = str(model) == SHAPES_MODEL
     path = MODEL_PATH if embedded else model
     if embedded and not (MODEL_PATH / "model_index.json").is_file():
@@ -104,17 +244,39 @@ def load_pipeline(model: str | os.PathLike, device: str | torch.device = "cpu") 
 
     diffusers.utils.logging.disable_progress_bar()
     transformers.utils.logging.disable_progress_bar()
+    _check_steerable(model, path)
     try:
         pipeline = AutoSteeringPipeline.from_pretrained(path)
     except (OSError, ValueError) as error:
-        local = Path(path).exists()
-        where = "a local folder without a diffusers model_index.json" if local else "not a local folder"
-        raise ValueError(
-            f"--model {model!r} could not be loaded ({where}; hub ids need network access): "
-            f"{str(error).strip().splitlines()[0]}"
-        ) from None
-    pipeline.set_progress_bar_config(desc="denoising", leave=False)
+        raise ValueError(f"--model {model!r} could not be loaded: {_first_line(error)}") from None
+    # disable=None: tqdm shows the bar on a terminal only, so logs and pipes get clean lines.
+    pipeline.set_progress_bar_config(desc="denoising", leave=False, disable=None)
     return pipeline.to(device)
+
+
+def _check_steerable(model: str | os.PathLike, path: str | os.PathLike) -> None:
+    """Read `model_index.json` and refuse a pipeline class without a steering twin (an unconditional DDPM, ...)."""
+    from diffusers import DiffusionPipeline
+
+    from diffsteer.pipelines.auto_steering import STEERING_PIPELINES
+
+    try:
+        config = DiffusionPipeline.load_config(path)
+    except (OSError, ValueError) as error:
+        local = Path(path)
+        if local.is_dir():
+            where = "a local folder without a diffusers model_index.json"
+        elif local.exists():
+            where = "a file, not a diffusers folder"
+        else:
+            where = "not a local folder; hub ids need network access"
+        raise ValueError(f"--model {model!r} could not be loaded ({where}): {_first_line(error)}") from None
+    class_name = config.get("_class_name")
+    if class_name not in STEERING_PIPELINES:
+        raise ValueError(
+            f"--model {model!r} is a diffusers {class_name}, which diffsteer cannot steer: it steers text-to-image "
+            f"pipelines of {STEERED_FAMILIES}."
+        )
 
 
 def check_prompt(pipeline: Any, prompt: str) -> None:
@@ -181,18 +343,189 @@ def verdicts(images: list[Any], prompt: str) -> list[dict[str, Any]] | str:
     return out
 
 
-def write_outputs(out_dir: Path, output: Any, summary: dict[str, Any]) -> dict[str, Any]:
-    """Save the selected image, every particle and `summary.json`; returns the summary with the file names."""
-    out_dir.mkdir(parents=True, exist_ok=True)
-    output.images[0].save(out_dir / "image.png")
-    particles = []
-    for index, image in enumerate(output.particles):
-        name = f"particle-{index}.png"
-        image.save(out_dir / name)
-        particles.append(name)
-    summary["files"] = {"image": "image.png", "particles": particles, "summary": "summary.json"}
-    (out_dir / "summary.json").write_text(json.dumps(summary, indent=2) + "\n")
+def check_out(out_dir: str | os.PathLike) -> Path:
+    """Check, before any compute, that a run can write `out_dir`; returns its resolved path.
+
+    The check is the real operation: it creates (and removes) the temporary folder beside `out_dir` that
+    `write_outputs` will write into. Missing parent folders are created, as `mkdir -p` would.
+
+    Raises:
+        ValueError: one line naming `--out` and the fix: a file in the way, a folder holding files diffsteer did not
+            write (the run replaces the folder whole, so it never replaces one of those), or a parent folder that
+            cannot take a new folder.
+    """
+    if not str(out_dir).strip():
+        raise ValueError("--out is empty; pass the folder to write, e.g. --out diffsteer-output.")
+    path = Path(out_dir).resolve()
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {str(out_dir)!r} is a file; pass a folder path (the run writes a folder of images).")
+    if path.is_dir():
+        foreign = sorted(entry.name for entry in path.iterdir() if not OUTPUT_FILE.fullmatch(entry.name))
+        if foreign:
+            raise ValueError(
+                f"--out {str(out_dir)!r} holds files diffsteer did not write ({', '.join(map(repr, foreign[:3]))}"
+                f"{', ...' if len(foreign) > 3 else ''}); a run replaces its folder whole, so pass a new folder, an "
+                "empty one or an earlier diffsteer output."
+            )
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        _staging_folder(path).rmdir()
+    except OSError as error:
+        raise ValueError(
+            f"--out {str(out_dir)!r} cannot be written: no new folder can be made in {path.parent} "
+            f"({error.strerror or error}); pass an --out inside a folder you can write to."
+        ) from None
+    return path
+
+
+def write_outputs(out_dir: str | os.PathLike, output: Any, summary: dict[str, Any]) -> dict[str, Any]:
+    """Save every particle, the selected image and `summary.json` as the folder `out_dir`, whole or not at all.
+
+    The files go into a temporary folder beside `out_dir` (same parent, so renames are atomic), which is then swapped
+    in; files of an earlier run in `out_dir` (stale `particle-*.png` included) go with the old folder. On any
+    failure or interruption the temporary folder is removed and an earlier `out_dir` is left as it was.
+    `image.png` is a byte-for-byte copy of the selected particle's file.
+
+    Returns:
+        The summary with the file names added.
+
+    Raises:
+        OSError: one line naming the file that could not be written and why (a full disk, ...).
+    """
+    path = Path(out_dir).resolve()
+    selected = int(output.selected_indices[0, 0])
+    particles = [f"particle-{index}.png" for index in range(len(output.particles))]
+    summary = {**summary, "files": {"image": "image.png", "particles": particles, "summary": "summary.json"}}
+    try:
+        staging = _staging_folder(path)
+    except OSError as error:
+        raise OSError(f"could not make a folder beside --out {str(out_dir)!r} ({error.strerror or error}).") from error
+    try:
+        for name, data in _output_files(output.particles, selected, summary):
+            try:
+                _write_file(staging / name, data)
+            except OSError as error:
+                kept = "the earlier output is unchanged" if path.exists() else "nothing was written"
+                raise OSError(
+                    f"could not write {name} of --out {str(out_dir)!r} ({error.strerror or error}); {kept}."
+                ) from error
+        _swap_in(staging, path)
+    except BaseException:
+        with _sigint_deferred():  # a second Ctrl-C must not stop the clean-up half-way
+            shutil.rmtree(staging, ignore_errors=True)
+        raise
     return summary
+
+
+def _output_files(images: list[Any], selected: int, summary: dict[str, Any]) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of each file of a run, one image encoded at a time; the summary comes last."""
+    for index, image in enumerate(images):
+        data = _png(image)
+        yield f"particle-{index}.png", data
+        if index == selected:
+            yield "image.png", data  # the very same bytes: the selected particle, not a second decode of it
+    yield "summary.json", (json.dumps(_strict_json(summary), indent=2, allow_nan=False) + "\n").encode()
+
+
+def _png(image: Any) -> bytes:
+    buffer = io.BytesIO()
+    image.save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+def _write_file(path: Path, data: bytes) -> None:
+    """Write a new file and flush it to disk, so that after the swap a crash cannot leave it empty."""
+    with open(path, "xb") as file:
+        file.write(data)
+        file.flush()
+        os.fsync(file.fileno())
+
+
+def _staging_folder(path: Path) -> Path:
+    """A new, empty, hidden folder beside `path`: `.NAME.XXXXXXXX.tmp`.
+
+    Made with `mkdir` rather than `tempfile.mkdtemp`, so that once swapped in it has the permissions of any new
+    folder (mkdtemp's are private to the user).
+    """
+    for _ in range(100):
+        candidate = path.with_name(f".{path.name}.{secrets.token_hex(4)}.tmp")
+        try:
+            candidate.mkdir()
+        except FileExistsError:
+            continue
+        return candidate
+    raise FileExistsError(f"no free temporary name beside {path}")
+
+
+def _swap_in(staging: Path, path: Path) -> None:
+    """Rename `staging` to `path`, moving an earlier `path` aside first and deleting it after.
+
+    A folder cannot be renamed over a non-empty one, so replacing takes two renames. A crash between them leaves the
+    earlier run under `.NAME.XXXXXXXX.old` and the new one, complete, under `.NAME.XXXXXXXX.tmp`, both beside
+    `path`; nothing is mixed. Ctrl-C is held until the swap is done, so only a crash can stop it half-way; if the
+    second rename fails, the earlier run is renamed back.
+    """
+    with _sigint_deferred():
+        if not path.exists():
+            os.rename(staging, path)
+        else:
+            aside = path.with_name(f".{path.name}.{secrets.token_hex(4)}.old")
+            os.rename(path, aside)
+            try:
+                os.rename(staging, path)
+            except BaseException:
+                os.rename(aside, path)
+                raise
+            shutil.rmtree(aside, ignore_errors=True)
+        _fsync_folder(path.parent)
+
+
+def _fsync_folder(folder: Path) -> None:
+    """Make the renames in `folder` durable (POSIX; other systems do without)."""
+    try:
+        descriptor = os.open(folder, os.O_RDONLY)
+    except OSError:
+        return
+    try:
+        os.fsync(descriptor)
+    except OSError:
+        pass
+    finally:
+        os.close(descriptor)
+
+
+@contextlib.contextmanager
+def _sigint_deferred() -> Iterator[None]:
+    """Hold SIGINT (Ctrl-C) until the block ends, then deliver it; outside the main thread signals cannot be caught,
+    so the block runs as it is."""
+    if threading.current_thread() is not threading.main_thread():
+        yield
+        return
+    received: list[int] = []
+    previous = signal.signal(signal.SIGINT, lambda signum, frame: received.append(signum))
+    try:
+        yield
+    finally:
+        signal.signal(signal.SIGINT, previous if previous is not None else signal.SIG_DFL)
+        if received:
+            signal.raise_signal(signal.SIGINT)
+
+
+def _strict_json(value: Any) -> Any:
+    """`value` with every NaN or infinite float as None: strict JSON has no such numbers (a reward of -inf, which
+    gives a particle zero weight, is written as null)."""
+    if isinstance(value, float) and not math.isfinite(value):
+        return None
+    if isinstance(value, dict):
+        return {key: _strict_json(item) for key, item in value.items()}
+    if isinstance(value, (list, tuple)):
+        return [_strict_json(item) for item in value]
+    return value
+
+
+def _first_line(error: BaseException) -> str:
+    text = str(error).strip()
+    return text.splitlines()[0] if text else type(error).__name__
 
 
 def summarize(
@@ -206,6 +539,7 @@ def summarize(
     guidance_scale: float,
     seed: int,
     judge: bool,
+    reward_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON summary of a run (everything but the file names)."""
     ledger = {key: value for key, value in asdict(output.cost).items() if not key.startswith("_")}
@@ -214,6 +548,7 @@ def summarize(
         "prompt": prompt,
         "model": model,
         "reward": reward_name,
+        "reward_options": dict(reward_options or {}),
         "method": {"name": plan.method, "settings": asdict(method)},
         "budget": {
             "requested": plan.budget,
