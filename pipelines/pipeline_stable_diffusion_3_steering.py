@@ -101,7 +101,8 @@ class StableDiffusion3SteeringPipeline(SteeringMixin, StableDiffusion3Pipeline):
             negative_prompt_embeds: torch.Tensor | None = None,
             negative_pooled_prompt_embeds: torch.Tensor | None = None,
         ) -> torch.Tensor:
-            cfg = negative_prompt_embeds is not None
+            # A callback may turn guidance off mid-run (diffusers' dynamic-CFG recipe), as in the parent.
+            cfg = negative_prompt_embeds is not None and self.do_classifier_free_guidance
             if cfg:
                 sample = torch.cat([sample] * 2)
                 prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])

@@ -92,7 +92,8 @@ class StableDiffusionSteeringPipeline(SteeringMixin, StableDiffusionPipeline):
             prompt_embeds: torch.Tensor,
             negative_prompt_embeds: torch.Tensor | None = None,
         ) -> torch.Tensor:
-            cfg = negative_prompt_embeds is not None
+            # A callback may turn guidance off mid-run (diffusers' dynamic-CFG recipe), as in the parent.
+            cfg = negative_prompt_embeds is not None and self.do_classifier_free_guidance
             model_input = torch.cat([sample] * 2) if cfg else sample
             embeds = torch.cat([negative_prompt_embeds, prompt_embeds]) if cfg else prompt_embeds
             ledger.add_model(model_input.shape[0])

@@ -122,7 +122,8 @@ class StableDiffusionXLSteeringPipeline(SteeringMixin, StableDiffusionXLPipeline
             negative_add_text_embeds: torch.Tensor | None = None,
             negative_add_time_ids: torch.Tensor | None = None,
         ) -> torch.Tensor:
-            cfg = negative_prompt_embeds is not None
+            # A callback may turn guidance off mid-run (diffusers' dynamic-CFG recipe), as in the parent.
+            cfg = negative_prompt_embeds is not None and self.do_classifier_free_guidance
             if cfg:
                 sample = torch.cat([sample] * 2)
                 prompt_embeds = torch.cat([negative_prompt_embeds, prompt_embeds])

@@ -8,11 +8,14 @@ group per prompt, scores x0-hat through the VAE in chunks, and assembles a `Stee
 """
 
 import inspect
+import math
+import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
 import torch
+from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
 from diffsteer.loop import run_steering
@@ -72,10 +75,53 @@ def prompt_list(prompt: str | list[str] | None, prompt_embeds: torch.Tensor | No
     return [""] * prompt_embeds.shape[0]
 
 
+def steering_signature(parent_call: Callable[..., Any]) -> inspect.Signature:
+    """The parent's call signature with the steering arguments added as keyword-only parameters (before the parent's
+    `**kwargs`, if it has one), so that tools reading `inspect.signature(pipe.__call__)` (diffusers' helpers and test
+    mixins, UIs that build forms, IDEs) see every parameter of the parent with its default."""
+    parent = inspect.signature(parent_call)
+    steering = [
+        parameter
+        for parameter in inspect.signature(SteeringMixin.__call__).parameters.values()
+        if parameter.kind is inspect.Parameter.KEYWORD_ONLY
+    ]
+    parameters = list(parent.parameters.values())
+    var_keyword = [p for p in parameters if p.kind is inspect.Parameter.VAR_KEYWORD]
+    names = {p.name for p in parameters}
+    clashes = names & {p.name for p in steering}
+    if clashes:
+        raise TypeError(f"{parent_call.__qualname__} already has parameters {sorted(clashes)} that steering adds.")
+    regular = [p for p in parameters if p.kind is not inspect.Parameter.VAR_KEYWORD]
+    return parent.replace(parameters=[*regular, *steering, *var_keyword], return_annotation=inspect.Signature.empty)
+
+
 class SteeringMixin:
-    """Adds `reward=`, `method=`, `decode_batch_size=` and `stochastic=` to a diffusers pipeline's call."""
+    """Adds `reward=`, `method=`, `decode_batch_size=`, `stochastic=` and `reward_decoder=` to a diffusers
+    pipeline's call. A subclass names its parent in `_steering_parent`; its `__call__` then carries the parent's
+    full signature plus these arguments."""
 
     _steering_parent: type
+    # Whether the parent concatenates conditioning as [negative; positive] under classifier-free guidance before its
+    # denoising loop (SD, SDXL, SD3), so that its callbacks see, for example, `prompt_embeds` with 2 rows per image.
+    # Flux runs its true-CFG passes separately and shows the positive rows alone.
+    _callback_concatenates_cfg: bool = True
+
+    def __init_subclass__(cls, **kwargs: Any) -> None:
+        super().__init_subclass__(**kwargs)
+        parent = cls.__dict__.get("_steering_parent")
+        if parent is None:
+            return
+
+        def __call__(self: SteeringMixin, *args: Any, **kwargs: Any) -> Any:
+            return SteeringMixin.__call__(self, *args, **kwargs)
+
+        __call__.__signature__ = steering_signature(parent.__call__)
+        __call__.__doc__ = (
+            f"{SteeringMixin.__call__.__doc__}\n\n{parent.__name__}.__call__:\n{parent.__call__.__doc__}"
+        )
+        __call__.__qualname__ = f"{cls.__qualname__}.__call__"
+        __call__.__module__ = cls.__module__
+        cls.__call__ = __call__
 
     def __call__(
         self,
@@ -87,7 +133,7 @@ class SteeringMixin:
         reward_decoder: Any | None = None,
         **kwargs: Any,
     ) -> Any:
-        """The parent pipeline's call (same positional and keyword arguments) plus:
+        """The parent pipeline's call (same positional and keyword arguments, same defaults) plus:
 
         Args:
             reward (`str` or `Callable`, *optional*): a name from `diffsteer.rewards.available()` (loaded with its
@@ -95,6 +141,10 @@ class SteeringMixin:
                 `reward(images, prompts) -> N scores`, images float in [0, 1] of shape
                 (N, 3, H, W), higher is better.
             method (`diffsteer.FK` or `diffsteer.BestOfN`, *optional*): `None` runs the parent pipeline unchanged.
+                With a method, `num_images_per_prompt=k` returns k images per prompt selected from that prompt's
+                `num_particles` particles (k may not exceed them), and an interrupt (`pipe._interrupt = True` in a
+                callback) stops the denoising loop as in the parent: the current particles are scored, selected and
+                decoded.
             decode_batch_size (`int`, defaults to 8): rows decoded and scored at a time.
             stochastic (`str`, defaults to `"auto"`): `"auto"` switches a deterministic scheduler (DDIM with
                 `eta=0`, ...) to its stochastic variant for FK and reports it in `changes`; `"require"` raises;
@@ -157,6 +207,18 @@ class SteeringMixin:
         num_prompts = len(setup.prompts)
         if not method.requires_stochastic and stochastic == "auto":
             stochastic = "off"
+        scorer = _ChunkedScorer(setup, reward, method.num_particles, decode_batch_size, ledger)
+        scorer.vae = reward_decoder if reward_decoder is not None else self.vae
+
+        def finishing() -> None:
+            scorer.vae = self.vae  # the final reward and the particles' images use the full VAE
+            scorer.keep_decoded = call["output_type"] != "latent"
+
+        def interrupted() -> bool:
+            if self.interrupt:
+                finishing()
+            return self.interrupt
+
         process = SchedulerProcess(
             setup.model,
             self.scheduler,
@@ -167,17 +229,17 @@ class SteeringMixin:
             device=setup.latents.device,
             dtype=setup.latents.dtype,
             timesteps_kwargs=setup.timesteps_kwargs,
+            interrupt=interrupted,
         )
-        scorer = _ChunkedScorer(setup, reward, method.num_particles, decode_batch_size, ledger)
-        scorer.vae = reward_decoder if reward_decoder is not None else self.vae
         num_calls = len(process.scheduler.timesteps)
+        self._num_timesteps = num_calls
         with self.progress_bar(total=num_calls) as progress_bar:
             callback = self._steering_callback(call, progress_bar)
 
             def on_step_end(step: Step, particles: Particles) -> None:
                 callback(step, particles)
                 if step.index == num_calls - 1:
-                    scorer.vae = self.vae  # the final reward and the particles' images use the full VAE
+                    finishing()
 
             run = run_steering(
                 process,
@@ -188,7 +250,7 @@ class SteeringMixin:
                 generator=call["generator"],
                 latents=setup.latents,
                 conditioning=setup.conditioning,
-                num_outputs=call["num_images_per_prompt"] or 1,
+                num_outputs=call["num_images_per_prompt"],
                 on_step_end=on_step_end,
             )
         output_type = call["output_type"]
@@ -196,10 +258,10 @@ class SteeringMixin:
         if output_type == "latent":
             images, particles, nsfw = run.samples[selected], run.samples, None
         else:
-            decoded = setup.decode(run.samples[selected], self.vae)
-            ledger.add_decode(decoded.shape[0])
-            images, nsfw = self._steering_postprocess(decoded, output_type, setup)
-            particles, _ = self._steering_postprocess(scorer.last_decoded, output_type, setup, safety=False)
+            # The final reward decoded every particle with the full VAE: the images are those rows, decoded once.
+            decoded = scorer.decoded
+            images, nsfw = self._steering_postprocess(decoded[selected.to(decoded.device)], output_type, setup)
+            particles, _ = self._steering_postprocess(decoded, output_type, setup, safety=False)
         self.maybe_free_model_hooks()
         ledger.stop()
         output = SteeringPipelineOutput(
@@ -214,7 +276,9 @@ class SteeringMixin:
             cost=ledger,
             changes=run.changes,
         )
-        return output if call["return_dict"] else (images, nsfw)
+        if call["return_dict"]:
+            return output
+        return (images, nsfw) if "safety_checker" in self.components else (images,)  # the parent's tuple
 
     def _check_parent_inputs(self, call: dict[str, Any], height: int, width: int) -> None:
         """The parent's own `check_inputs`, fed by name from the bound call (its parameters are call arguments)."""
@@ -234,27 +298,79 @@ class SteeringMixin:
         return self.image_processor.postprocess(images, output_type=output_type, do_denormalize=denormalize), nsfw
 
     def _steering_callback(self, call: dict[str, Any], progress_bar: Any) -> Callable[[Step, Particles], None]:
-        """Progress, and the parent's `callback_on_step_end` with the particles' latents and conditioning."""
+        """Progress, and the parent's `callback_on_step_end` with the particles' tensors laid out as the parent lays
+        out its own (see `_callback_tensors`)."""
         callback = call.get("callback_on_step_end")
         names = call.get("callback_on_step_end_tensor_inputs") or ["latents"]
+        if isinstance(callback, PipelineCallback | MultiPipelineCallbacks):
+            names = callback.tensor_inputs  # as the parent does
 
         def on_step_end(step: Step, particles: Particles) -> None:
             if callback is not None:
-                fields = {"latents": particles.latents, **particles.conditioning}
-                outputs = callback(self, step.index, step.timestep, {name: fields[name] for name in names})
-                if "latents" in outputs:
-                    particles.latents = outputs.pop("latents")
-                conditioning = dict(particles.conditioning)
-                conditioning.update({name: value for name, value in outputs.items() if name in conditioning})
-                particles.conditioning = conditioning
+                tensors = self._callback_tensors(particles, names)
+                outputs = callback(self, step.index, step.timestep, tensors)
+                self._apply_callback_outputs(particles, outputs)
             progress_bar.update()
 
         return on_step_end
 
+    def _callback_tensors(self, particles: Particles, names: Sequence[str]) -> dict[str, torch.Tensor | None]:
+        """The callback's tensors as the parent shows them: under classifier-free guidance SD, SDXL and SD3
+        concatenate [negative; positive] rows (so a callback can, for example, keep `prompt_embeds.chunk(2)[1]` and
+        turn guidance off, as diffusers' dynamic-CFG recipe does); a name the run does not have is None, as in the
+        parent."""
+        conditioning = particles.conditioning
+        tensors: dict[str, torch.Tensor | None] = {}
+        for name in names:
+            negative = conditioning.get(f"negative_{name}")
+            if name == "latents":
+                tensors[name] = particles.latents
+            elif self._callback_concatenates_cfg and negative is not None and name in conditioning:
+                tensors[name] = torch.cat([negative, conditioning[name]])
+            else:
+                tensors[name] = conditioning.get(name)
+        return tensors
+
+    def _apply_callback_outputs(self, particles: Particles, outputs: dict[str, Any]) -> None:
+        """Take the callback's edits back into the particles, splitting concatenated [negative; positive] rows.
+
+        A concatenated tensor returned with one row per particle keeps only the positive rows: classifier-free
+        guidance is then off for it, as in the parent. Edits of a negative tensor that the parent concatenated
+        earlier change nothing there, so they change nothing here either.
+        """
+        if "latents" in outputs:
+            particles.latents = outputs["latents"]
+        conditioning = dict(particles.conditioning)
+        for name, value in outputs.items():
+            negative = f"negative_{name}"
+            concatenated = self._callback_concatenates_cfg and negative in conditioning
+            if name == "latents" or name not in conditioning or value is None:
+                continue
+            if self._callback_concatenates_cfg and name.startswith("negative_") and name[9:] in conditioning:
+                continue
+            if concatenated and value.shape[0] == 2 * particles.num_particles:
+                conditioning[negative], conditioning[name] = value.chunk(2)
+            elif concatenated and value.shape[0] == particles.num_particles:
+                conditioning[name] = value
+                del conditioning[negative]
+            elif concatenated:
+                raise ValueError(
+                    f"callback_on_step_end returned {name} with {value.shape[0]} rows; under classifier-free guidance "
+                    f"it takes {2 * particles.num_particles} ([negative; positive], as it was given) or "
+                    f"{particles.num_particles} (positive rows only, turning guidance off)."
+                )
+            else:
+                conditioning[name] = value
+        particles.conditioning = conditioning
+
 
 class _ChunkedScorer:
     """The loop's reward: decodes latents through the VAE and scores them, `decode_batch_size` rows at a time, so
-    memory beyond the latents grows with the chunk, not with the number of particles."""
+    memory beyond the latents grows with the chunk, not with the number of particles.
+
+    Only the final call keeps its decoded images (`keep_decoded`, set by the engine): they are the output images, so
+    the selected particles are not decoded a second time.
+    """
 
     def __init__(
         self,
@@ -266,33 +382,36 @@ class _ChunkedScorer:
     ) -> None:
         self.setup, self.reward, self.num_particles = setup, reward, num_particles
         self.decode_batch_size, self.ledger = decode_batch_size, ledger
-        self.last_decoded: torch.Tensor | None = None
         self.vae: Any = None  # set by the engine: the decoder of the next call
+        self.keep_decoded = False
+        self.decoded: torch.Tensor | None = None
 
     def __call__(self, latents: torch.Tensor) -> torch.Tensor:
         # A batch-relative reward (a rank ensemble) must see one prompt's particles together: decode them in chunks,
         # then score the group at once. Any other reward scores each chunk as it is decoded.
         batch_relative = getattr(self.reward, "batch_relative", False)
         span = self.num_particles if batch_relative else latents.shape[0]
-        scores, decoded = [], []
+        scores: list[torch.Tensor] = []
+        decoded: list[torch.Tensor] = []
         for group_start in range(0, latents.shape[0], span):
             pending: list[torch.Tensor] = []
             for start in range(group_start, group_start + span, self.decode_batch_size):
                 chunk = latents[start : min(start + self.decode_batch_size, group_start + span)]
                 images = self.setup.decode(chunk, self.vae)
                 self.ledger.add_decode(chunk.shape[0])
-                decoded.append(images.cpu())
+                if self.keep_decoded:
+                    decoded.append(images)
                 pending.append(images)
                 if not batch_relative:
                     scores.append(self._score(torch.cat(pending), start))
                     pending = []
             if pending:
                 scores.append(self._score(torch.cat(pending), group_start))
-        self.last_decoded = torch.cat(decoded)
+        self.decoded = torch.cat(decoded) if decoded else None
         return torch.cat(scores)
 
     def _score(self, images: torch.Tensor, start: int) -> torch.Tensor:
-        """Score decoded rows `start ...` against their prompts; one finite-shaped score per image."""
+        """Score decoded rows `start ...` against their prompts; one score per image."""
         prompts = [self.setup.prompts[row // self.num_particles] for row in range(start, start + images.shape[0])]
         scores = torch.as_tensor(self.reward((images / 2 + 0.5).clamp(0, 1), prompts)).flatten()
         if scores.shape != (images.shape[0],):
@@ -313,22 +432,51 @@ def refuse_with_a_method(call: dict[str, Any], names: Sequence[str], what: str) 
 def _check_steering_inputs(
     call: dict[str, Any], reward: Any, method: Any, decode_batch_size: Any, stochastic: Any
 ) -> None:
+    """The steering arguments, and the parent arguments whose meaning a method changes, checked before any work."""
     if not isinstance(method, FK | BestOfN):
-        raise ValueError(f"method must be diffsteer.FK(...), diffsteer.BestOfN(...) or None, got {method!r}.")
+        raise TypeError(f"method must be diffsteer.FK(...), diffsteer.BestOfN(...) or None, got {method!r}.")
     if isinstance(reward, str):
         get_reward_spec(reward)  # an unknown name fails here, before any model is built
     elif not callable(reward):
-        raise ValueError(
+        raise TypeError(
             f"reward must be a name from diffsteer.rewards.available() or a callable reward(images, prompts) -> "
             f"scores, got {reward!r}."
         )
-    if isinstance(decode_batch_size, bool) or not isinstance(decode_batch_size, int) or decode_batch_size < 1:
-        raise ValueError(f"decode_batch_size must be a positive integer, got {decode_batch_size!r}.")
+    _check_positive_int("decode_batch_size", decode_batch_size)
     if stochastic not in STOCHASTIC_MODES:
         raise ValueError(f"stochastic must be one of {list(STOCHASTIC_MODES)}, got {stochastic!r}.")
-    per_prompt = call.get("num_images_per_prompt") or 1
+    extra = call.get("kwargs") or {}
+    if extra:
+        raise ValueError(
+            f"Arguments {sorted(extra)} are not supported with a steering method (the deprecated `callback` and "
+            "`callback_steps` included: use callback_on_step_end); pass method=None to give them to the parent."
+        )
+    prompt = call.get("prompt")
+    if isinstance(prompt, list | tuple) and len(prompt) == 0:
+        raise ValueError("prompt is an empty list; pass at least one prompt (or prompt_embeds).")
+    per_prompt = _check_positive_int("num_images_per_prompt", call.get("num_images_per_prompt"))
     if per_prompt > method.num_particles:
         raise ValueError(
             f"num_images_per_prompt={per_prompt} exceeds the method's num_particles={method.num_particles}: each "
             "prompt's images are selected from its particles, so raise num_particles."
         )
+    call["num_images_per_prompt"] = per_prompt
+    guidance_scale = call.get("guidance_scale")
+    if guidance_scale is not None:
+        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real):
+            raise TypeError(f"guidance_scale must be a number, got {guidance_scale!r}.")
+        if not math.isfinite(guidance_scale):
+            raise ValueError(
+                f"guidance_scale must be finite, got {guidance_scale!r} (values <= 1 turn classifier-free guidance "
+                "off)."
+            )
+
+
+def _check_positive_int(name: str, value: Any) -> int:
+    """`value` as an int (numpy integers accepted), or `TypeError` for another type (bools included) and
+    `ValueError` below 1."""
+    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
+        raise TypeError(f"{name} must be a positive integer, got {value!r}.")
+    if value < 1:
+        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
+    return int(value)

@@ -1,7 +1,6 @@
 """Every steering pipeline family on tiny seeded components, offline, with real prompt strings."""
 
 import math
-from pathlib import Path
 
 import numpy as np
 import pytest
@@ -11,11 +10,7 @@ from diffusers import (
     DDPMPipeline,
     DDPMScheduler,
     DiffusionPipeline,
-    DPMSolverMultistepScheduler,
     FluxPipeline,
-    StableDiffusion3Pipeline,
-    StableDiffusionPipeline,
-    StableDiffusionXLPipeline,
     UNet2DModel,
 )
 from scipy.stats import rankdata
@@ -23,80 +18,13 @@ from scipy.stats import rankdata
 import diffsteer
 from diffsteer.pipelines import (
     FluxSteeringPipeline,
-    StableDiffusion3SteeringPipeline,
-    StableDiffusionSteeringPipeline,
-    StableDiffusionXLSteeringPipeline,
     SteeringPipelineOutput,
 )
 
-from .tiny.components import flux_components, sd3_components, sd_components, sdxl_components
+from .tiny.families import FAMILIES, Family
 
 
 PROMPTS = ["a photo of a red cat", "two blue squares"]
-BASE_CALL = {"num_inference_steps": 4, "height": 32, "width": 32, "output_type": "pt"}
-PIPELINES = Path(diffsteer.pipelines.__file__).parent
-
-
-def flow_multistep_solver(config, **overrides) -> DPMSolverMultistepScheduler:
-    """A deterministic multistep solver for flow models (DPM-Solver++ with flow sigmas, as SANA uses)."""
-    return DPMSolverMultistepScheduler(use_flow_sigmas=True, prediction_type="flow_prediction", **overrides)
-
-
-def flux_multistep_solver(config) -> DPMSolverMultistepScheduler:
-    """Flux always passes `mu`, which DPM-Solver takes only with exponential dynamic shifting."""
-    return flow_multistep_solver(config, use_dynamic_shifting=True, time_shift_type="exponential")
-
-
-class Family:
-    def __init__(self, parent, steering, components, file, latent_shape, scheduler, conditioning_name, rows=2, **call):
-        self.parent, self.steering, self.components, self.file = parent, steering, components, PIPELINES / file
-        self.latent_shape, self.deterministic_scheduler = latent_shape, scheduler  # config -> scheduler
-        self.conditioning_name = conditioning_name
-        self.rows_per_particle = rows  # denoiser rows per particle and call: 2 with classifier-free guidance
-        self.call = {**BASE_CALL, **call}
-
-
-FAMILIES = {
-    "sd": Family(
-        StableDiffusionPipeline,
-        StableDiffusionSteeringPipeline,
-        sd_components,
-        "pipeline_stable_diffusion_steering.py",
-        (4, 16, 16),
-        DPMSolverMultistepScheduler.from_config,
-        "prompt_embeds",
-    ),
-    "sdxl": Family(
-        StableDiffusionXLPipeline,
-        StableDiffusionXLSteeringPipeline,
-        sdxl_components,
-        "pipeline_stable_diffusion_xl_steering.py",
-        (4, 16, 16),
-        DPMSolverMultistepScheduler.from_config,
-        "add_text_embeds",
-    ),
-    "sd3": Family(
-        StableDiffusion3Pipeline,
-        StableDiffusion3SteeringPipeline,
-        sd3_components,
-        "pipeline_stable_diffusion_3_steering.py",
-        (4, 32, 32),
-        flow_multistep_solver,
-        "pooled_prompt_embeds",
-        max_sequence_length=16,
-    ),
-    "flux": Family(
-        FluxPipeline,
-        FluxSteeringPipeline,
-        flux_components,
-        "pipeline_flux_steering.py",
-        (256, 16),
-        flux_multistep_solver,
-        "prompt_embeds",
-        rows=1,  # no classifier-free guidance without a negative prompt
-        max_sequence_length=16,
-    ),
-}
 
 
 def redness(images: torch.Tensor, prompts: list[str]) -> torch.Tensor:
@@ -213,7 +141,8 @@ def test_many_particles_in_small_decode_chunks_and_the_ledger(family, pipe, CALL
     cost = out.cost
     assert cost.model_calls == 4 and cost.model_rows == 4 * family.rows_per_particle * 64
     assert cost.reward_calls == 3 and cost.reward_rows == 3 * 64  # potential steps 0 and 2, then the final one
-    assert cost.decode_calls == 3 * 16 + 1 and cost.decode_rows == 3 * 64 + 2
+    # The final reward's decode (full VAE) gives the images too: no second decode of the selected particles.
+    assert cost.decode_calls == 3 * 16 and cost.decode_rows == 3 * 64
     assert "fresh noise" in out.changes[0]  # the deterministic default scheduler was made stochastic
 
 
@@ -277,7 +206,9 @@ def test_callback_on_step_end_sees_and_edits_the_particles(family, pipe, CALL):
         callback_on_step_end_tensor_inputs=["latents", family.conditioning_name],
         **{**CALL, "output_type": "latent", "num_inference_steps": 3},
     )
-    assert [entry[0] for entry in seen] == [0, 1, 2] and seen[0][1:] == ((4, *family.latent_shape), 4)
+    # Conditioning is laid out as the parent lays it out: [negative; positive] rows under classifier-free guidance.
+    rows = family.rows_per_particle * 4
+    assert [entry[0] for entry in seen] == [0, 1, 2] and seen[0][1:] == ((4, *family.latent_shape), rows)
     assert torch.count_nonzero(out.particles) == 0
 
 
@@ -285,7 +216,6 @@ def test_callback_on_step_end_sees_and_edits_the_particles(family, pipe, CALL):
     "kwargs, message",
     [
         ({"reward": "imagereward", "method": diffsteer.BestOfN(2)}, "Unknown reward 'imagereward'"),
-        ({"reward": redness, "method": "fk"}, "method must be diffsteer.FK"),
         (
             {"reward": redness, "method": diffsteer.FK(2), "decode_batch_size": 0},
             "decode_batch_size must be a positive",
@@ -303,6 +233,11 @@ def test_callback_on_step_end_sees_and_edits_the_particles(family, pipe, CALL):
 def test_bad_input_is_a_clear_error(pipe, CALL, kwargs, message):
     with pytest.raises(ValueError, match=message):
         pipe(PROMPTS, generator=torch.Generator().manual_seed(0), **CALL, **kwargs)
+
+
+def test_a_wrong_type_is_a_type_error(pipe, CALL):
+    with pytest.raises(TypeError, match=r"method must be diffsteer\.FK"):
+        pipe(PROMPTS, generator=torch.Generator().manual_seed(0), reward=redness, method="fk", **CALL)
 
 
 def test_num_particles_must_be_positive():
@@ -404,10 +339,10 @@ def test_a_cheaper_decoder_for_intermediate_rewards():
         out = pipe(PROMPTS, generator=torch.Generator().manual_seed(8), reward_decoder=tiny, **common)
     finally:
         del pipe.vae.decode
-    # 2 potential steps x 4 chunks of 2 particles on the tiny decoder; the final reward (4 chunks) and the selected
-    # images (1 call) on the full VAE.
-    assert calls == {"tiny": 8, "full": 5}
-    assert out.images.shape == reference.images.shape and out.cost.decode_rows == 2 * 8 + 8 + 2
+    # 2 potential steps x 4 chunks of 2 particles on the tiny decoder; the final reward (4 chunks, whose decoded
+    # images are also the output) on the full VAE.
+    assert calls == {"tiny": 8, "full": 4}
+    assert out.images.shape == reference.images.shape and out.cost.decode_rows == 2 * 8 + 8
 
 
 def test_unsupported_parent_arguments_are_refused_with_a_method(family, pipe, CALL):

@@ -5,6 +5,7 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
@@ -13,6 +14,7 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffsteer.processes.schedulers import (
     SchedulerSpec,
     SchedulerState,
+    copy_scheduler,
     scheduler_spec,
     unregistered_particle_state,
 )
@@ -49,15 +51,18 @@ class Step:
 class SchedulerProcess:
     """`model(sample, timestep) -> model_output` driven by a diffusers scheduler, one particle per batch row.
 
-    The process owns a fresh copy of the scheduler (built from its config), so the caller's scheduler is never
-    mutated and every run starts from the same state.
+    The process owns a fresh copy of the scheduler (built from its effective config, including the fixes a
+    pipeline applied to an old config), so the caller's scheduler is never mutated and every run starts from the
+    same state.
 
     Args:
         model (`Callable[[Tensor, Tensor], Tensor]`): the denoiser; it returns epsilon, v or the sample as the
             scheduler's `prediction_type` says (velocity for flow-matching schedulers).
         scheduler (`SchedulerMixin`): any scheduler in `diffsteer.processes.SCHEDULER_REGISTRY` (or a subclass).
         shape (`tuple[int, ...]`): the shape of one sample, without the particle dimension.
-        num_inference_steps (`int`): full solver steps.
+        num_inference_steps (`int`, *optional*): full solver steps; ignored (and may be `None`) when
+            `timesteps_kwargs` gives custom `timesteps` or `sigmas`, whose length sets it, as in diffusers'
+            `retrieve_timesteps`.
         step_kwargs (`dict`, *optional*): extra arguments of `scheduler.step` (for example `eta` for DDIM).
         stochastic (`str`, defaults to `"auto"`): what to do when the transition is deterministic. `"auto"` switches
             to the stochastic variant and records it in `changes`; `"require"` raises; `"off"` runs the scheduler
@@ -65,6 +70,8 @@ class SchedulerProcess:
         device, dtype: where and in which precision samples live.
         timesteps_kwargs (`dict`, *optional*): custom `timesteps`, `sigmas` or `mu` for `set_timesteps`, as
             diffusers' `retrieve_timesteps` takes them.
+        interrupt (`Callable[[], bool]`, *optional*): polled before each model call; once it returns True, `steps`
+            ends and the current particles are the run's result (a pipeline's `interrupt` property).
     """
 
     def __init__(
@@ -73,17 +80,32 @@ class SchedulerProcess:
         scheduler: SchedulerMixin,
         *,
         shape: tuple[int, ...],
-        num_inference_steps: int,
+        num_inference_steps: int | None,
         step_kwargs: dict[str, Any] | None = None,
         stochastic: str = "auto",
         device: torch.device | str = "cpu",
         dtype: torch.dtype = torch.float32,
         timesteps_kwargs: dict[str, Any] | None = None,
+        interrupt: Callable[[], bool] | None = None,
     ) -> None:
         if stochastic not in STOCHASTIC_MODES:
             raise ValueError(f"stochastic must be one of {list(STOCHASTIC_MODES)}, got {stochastic!r}.")
-        if not isinstance(num_inference_steps, int) or num_inference_steps < 1:
-            raise ValueError(f"num_inference_steps must be a positive integer, got {num_inference_steps!r}.")
+        timesteps_kwargs = {name: value for name, value in (timesteps_kwargs or {}).items() if value is not None}
+        custom_schedule = "timesteps" in timesteps_kwargs or "sigmas" in timesteps_kwargs
+        if custom_schedule:
+            num_inference_steps = None  # the custom schedule's length sets it, as in the pipelines
+        elif (
+            isinstance(num_inference_steps, bool)
+            or not isinstance(num_inference_steps, int | np.integer)
+            or num_inference_steps < 1
+        ):
+            raise ValueError(
+                f"num_inference_steps must be a positive integer (or None with custom timesteps or sigmas), got "
+                f"{num_inference_steps!r}."
+            )
+        else:
+            num_inference_steps = int(num_inference_steps)
+        self.interrupt = interrupt
         self.model = model
         self.shape = tuple(shape)
         self.num_inference_steps = num_inference_steps
@@ -91,13 +113,13 @@ class SchedulerProcess:
         self.dtype = dtype
         self.changes: list[str] = []
         self.scheduler, self.step_kwargs = self._resolve_stochastic(
-            type(scheduler).from_config(scheduler.config), dict(step_kwargs or {}), stochastic
+            copy_scheduler(scheduler), dict(step_kwargs or {}), stochastic
         )
         self.spec: SchedulerSpec = scheduler_spec(self.scheduler)
         # Flow matching: FlowMatch schedulers, and VP solvers run with flow sigmas (DPM-Solver, UniPC for SANA/Flux).
         self.is_flow = self.spec.space == "flow" or self.scheduler.config.get("prediction_type") == "flow_prediction"
         _, self.num_inference_steps = retrieve_timesteps(
-            self.scheduler, num_inference_steps, self.device, **(timesteps_kwargs or {})
+            self.scheduler, num_inference_steps, self.device, **timesteps_kwargs
         )
         parameters = inspect.signature(self.scheduler.step).parameters
         self._step_parameters = set(parameters)
@@ -162,9 +184,12 @@ class SchedulerProcess:
         return particles
 
     def steps(self) -> Iterator[Step]:
-        """The model calls of one run, in order. Lazy: `at_boundary` is read off the scheduler's live state."""
+        """The model calls of one run, in order, until `interrupt` says stop. Lazy: `at_boundary` is read off the
+        scheduler's live state."""
         full_step = -1
         for index, timestep in enumerate(self.scheduler.timesteps):
+            if self.interrupt is not None and self.interrupt():
+                return
             at_boundary = getattr(self.scheduler, "state_in_first_order", True)
             full_step += int(at_boundary)
             yield Step(index, timestep, full_step, at_boundary, full_step / self.num_inference_steps)

@@ -133,11 +133,26 @@ def _always_deterministic(scheduler: SchedulerMixin, step_kwargs: StepKwargs) ->
     return True
 
 
+def effective_config(scheduler: SchedulerMixin) -> dict[str, Any]:
+    """The config `scheduler` runs with, as a plain dict that `from_config` rebuilds faithfully.
+
+    `from_config(scheduler.config)` drops the keys listed in `_use_default_values` (those the original config file
+    lacked), which undoes the fixes a pipeline's `__init__` applies to old configs (`steps_offset` 0 -> 1,
+    `clip_sample`): the copy would then step through other timesteps than the pipeline's own scheduler.
+    """
+    return {key: value for key, value in scheduler.config.items() if key != "_use_default_values"}
+
+
+def copy_scheduler(scheduler: SchedulerMixin) -> SchedulerMixin:
+    """A fresh scheduler of the same class and effective config (no timesteps set, no step state)."""
+    return type(scheduler).from_config(effective_config(scheduler))
+
+
 def _switch_to(target: type[SchedulerMixin], **config_overrides: Any) -> MakeStochastic:
-    """Replace the scheduler by `target` built from the same config (keeping the noise schedule)."""
+    """Replace the scheduler by `target` built from the same effective config (keeping the noise schedule)."""
 
     def make(scheduler: SchedulerMixin, step_kwargs: StepKwargs) -> tuple[SchedulerMixin, StepKwargs, str]:
-        new = target.from_config(scheduler.config, **config_overrides)
+        new = target.from_config(effective_config(scheduler), **config_overrides)
         settings = "".join(f", {key}={value!r}" for key, value in config_overrides.items())
         note = (
             f"{type(scheduler).__name__} is deterministic, so it was replaced by {target.__name__} "
