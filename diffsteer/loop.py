@@ -164,6 +164,8 @@ def run_steering(
     num_outputs = _check_num_outputs(num_outputs, num_particles)
     check_callable("reward", reward, "a callable that scores a batch of samples")
     total = num_groups * num_particles
+    if isinstance(generator, list) and not all(isinstance(item, torch.Generator) for item in generator):
+        raise TypeError(f"generator must be a torch.Generator, a list of them or None, got {describe(generator)}.")
     if isinstance(generator, list) and len(generator) != total:
         raise ValueError(
             f"A list of generators needs one per particle ({num_groups} groups x {num_particles} particles = "

@@ -72,6 +72,7 @@ def test_numpy_integers_are_integers():
         (lambda: run(shape=2), "shape"),
         (lambda: run(shape=(2.0,)), r"shape\[0\]"),
         (lambda: run(generator=0), "generator"),
+        (lambda: run(generator=[0, 1, 2, 3]), "generator"),
         (lambda: run(latents=[[0.0, 0.0]] * 4), "latents"),
         (lambda: run(step_kwargs=[("eta", 1.0)]), "step_kwargs"),
         (lambda: run(stochastic=1), "stochastic"),

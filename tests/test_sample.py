@@ -337,3 +337,26 @@ def test_results_are_ordinary_tensors_and_rewards_may_use_autograd():
     result.samples += 1
     result.log_weights.mul_(2)
     assert torch.equal(result.samples, samples + 1)
+
+
+@pytest.mark.parametrize(
+    "method, message",
+    [
+        (diffsteer.BestOfN(4), "^Every particle of group 1 has a final reward of -inf"),
+        (diffsteer.FK(4), "^Group 1: Every particle has zero weight"),
+    ],
+)
+def test_a_group_left_without_candidates_is_named(method, message):
+    from diffsteer.loop import run_steering
+    from diffsteer.outputs import CostLedger
+    from diffsteer.processes import SchedulerProcess
+
+    def forbid_group_1(x: torch.Tensor) -> torch.Tensor:
+        return torch.where(torch.arange(x.shape[0]) >= 4, -math.inf, REWARD(x))
+
+    scheduler = DDPMScheduler(clip_sample=False)
+    process = SchedulerProcess(exact_denoiser(MIXTURE, scheduler), scheduler, shape=(2,), num_inference_steps=3)
+    with pytest.raises(ValueError, match=message):
+        run_steering(
+            process, method, forbid_group_1, CostLedger(), num_groups=3, generator=torch.Generator().manual_seed(0)
+        )
