@@ -104,7 +104,7 @@ def _generate(args: argparse.Namespace) -> None:
     device = gen.resolve_device(args.device)
     options = gen.reward_options(args.reward_option)
     get_spec(args.reward)
-    out = gen.check_out(args.out)
+    gen.check_out(args.out)
     # The reward loads first: an option it does not take is refused before the (larger) model loads.
     reward = load_reward(args.reward, **options).to(device)
     pipeline = gen.load_pipeline(args.model, device)
@@ -126,7 +126,7 @@ def _generate(args: argparse.Namespace) -> None:
         seed=args.seed,
         judge=gen.is_shapes_model(args.model),
     )
-    summary = gen.write_outputs(out, output, summary)
+    summary = gen.write_outputs(args.out, output, summary)
     verdict = summary.get("evaluator")
     judged = ""
     if isinstance(verdict, dict):

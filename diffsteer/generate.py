@@ -357,25 +357,31 @@ def check_out(out_dir: str | os.PathLike) -> Path:
     if not str(out_dir).strip():
         raise ValueError("--out is empty; pass the folder to write, e.g. --out diffsteer-output.")
     path = Path(out_dir).resolve()
-    if path.exists() and not path.is_dir():
-        raise ValueError(f"--out {str(out_dir)!r} is a file; pass a folder path (the run writes a folder of images).")
-    if path.is_dir():
-        foreign = sorted(entry.name for entry in path.iterdir() if not OUTPUT_FILE.fullmatch(entry.name))
-        if foreign:
-            raise ValueError(
-                f"--out {str(out_dir)!r} holds files diffsteer did not write ({', '.join(map(repr, foreign[:3]))}"
-                f"{', ...' if len(foreign) > 3 else ''}); a run replaces its folder whole, so pass a new folder, an "
-                "empty one or an earlier diffsteer output."
-            )
+    _check_replaceable(path, str(out_dir))
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        _staging_folder(path).rmdir()
+        with _sigint_deferred():  # the probe folder goes even if Ctrl-C comes while it exists
+            _staging_folder(path).rmdir()
     except OSError as error:
         raise ValueError(
             f"--out {str(out_dir)!r} cannot be written: no new folder can be made in {path.parent} "
             f"({error.strerror or error}); pass an --out inside a folder you can write to."
         ) from None
     return path
+
+
+def _check_replaceable(path: Path, out_dir: str) -> None:
+    """Refuse to replace a file, or a folder holding anything but a diffsteer output's files."""
+    if path.exists() and not path.is_dir():
+        raise ValueError(f"--out {out_dir!r} is a file; pass a folder path (the run writes a folder of images).")
+    if path.is_dir():
+        foreign = sorted(entry.name for entry in path.iterdir() if not OUTPUT_FILE.fullmatch(entry.name))
+        if foreign:
+            raise ValueError(
+                f"--out {out_dir!r} holds files diffsteer did not write ({', '.join(map(repr, foreign[:3]))}"
+                f"{', ...' if len(foreign) > 3 else ''}); a run replaces its folder whole, so pass a new folder, an "
+                "empty one or an earlier diffsteer output."
+            )
 
 
 def write_outputs(out_dir: str | os.PathLike, output: Any, summary: dict[str, Any]) -> dict[str, Any]:
@@ -391,30 +397,39 @@ def write_outputs(out_dir: str | os.PathLike, output: Any, summary: dict[str, An
 
     Raises:
         OSError: one line naming the file that could not be written and why (a full disk, ...).
+        ValueError: when `out_dir` has become a file, or a folder holding files diffsteer did not write.
     """
     path = Path(out_dir).resolve()
     selected = int(output.selected_indices[0, 0])
     particles = [f"particle-{index}.png" for index in range(len(output.particles))]
     summary = {**summary, "files": {"image": "image.png", "particles": particles, "summary": "summary.json"}}
+    kept = "the earlier output is unchanged" if path.exists() else "nothing was written"
+    staging = None
     try:
-        staging = _staging_folder(path)
-    except OSError as error:
-        raise OSError(f"could not make a folder beside --out {str(out_dir)!r} ({error.strerror or error}).") from error
-    try:
+        with _sigint_deferred():  # no Ctrl-C between making the folder and knowing its name (to remove it)
+            staging = _make_folder_beside(path, str(out_dir))
         for name, data in _output_files(output.particles, selected, summary):
             try:
                 _write_file(staging / name, data)
             except OSError as error:
-                kept = "the earlier output is unchanged" if path.exists() else "nothing was written"
                 raise OSError(
                     f"could not write {name} of --out {str(out_dir)!r} ({error.strerror or error}); {kept}."
                 ) from error
+        _check_replaceable(path, str(out_dir))  # again: files may have come into --out while the model ran
         _swap_in(staging, path)
     except BaseException:
-        with _sigint_deferred():  # a second Ctrl-C must not stop the clean-up half-way
-            shutil.rmtree(staging, ignore_errors=True)
+        if staging is not None:
+            with _sigint_deferred():  # a second Ctrl-C must not stop the clean-up half-way
+                shutil.rmtree(staging, ignore_errors=True)
         raise
     return summary
+
+
+def _make_folder_beside(path: Path, out_dir: str) -> Path:
+    try:
+        return _staging_folder(path)
+    except OSError as error:
+        raise OSError(f"could not make a folder beside --out {out_dir!r} ({error.strerror or error}).") from error
 
 
 def _output_files(images: list[Any], selected: int, summary: dict[str, Any]) -> Iterator[tuple[str, bytes]]:

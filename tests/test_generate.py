@@ -268,6 +268,21 @@ def test_a_folder_of_other_files_is_never_replaced(tmp_path, no_model_load, caps
     assert snapshot(out) == {"notes.txt": b"mine", "image.png": b"also mine"}
 
 
+def test_files_that_come_into_out_during_the_run_are_never_replaced(earlier_output, monkeypatch, capsys):
+    out, before = earlier_output
+    generate = gen.generate
+
+    def someone_writes_into_out(*args, **kwargs):
+        output = generate(*args, **kwargs)
+        (out / "notes.txt").write_text("mine")
+        return output
+
+    monkeypatch.setattr(gen, "generate", someone_writes_into_out)
+    assert run(out, "--particles", "2", "--seed", "2") == 2
+    assert "holds files diffsteer did not write ('notes.txt')" in capsys.readouterr().err.strip().splitlines()[-1]
+    assert snapshot(out) == {**before, "notes.txt": b"mine"} and sorted(out.parent.iterdir()) == [out]
+
+
 def test_a_second_run_with_fewer_particles_leaves_no_stale_files(embedded, tmp_path):
     out = tmp_path / "out"
     assert run(out, "--particles", "3", "--seed", "1") == 0
