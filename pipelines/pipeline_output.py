@@ -19,7 +19,8 @@ class SteeringPipelineOutput(BaseOutput):
             the requested `output_type`.
         nsfw_content_detected: the safety checker's flags for `images`, where the family has one (else None).
         particles: every final particle decoded to an image, prompt-major (`num_particles` per prompt), in the same
-            `output_type`.
+            `output_type`, through the parent's postprocessing (its safety checker included); `images` are rows of
+            it.
         rewards: final reward of every particle, shape (num_prompts, num_particles).
         log_weights: final log-weights normalised per prompt, shape (num_prompts, num_particles).
         log_normalizers: estimate of log E[exp(lambda r)] per prompt, or None for methods without a tilt.

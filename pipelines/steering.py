@@ -14,6 +14,7 @@ from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+import numpy as np
 import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
@@ -258,10 +259,11 @@ class SteeringMixin:
         if output_type == "latent":
             images, particles, nsfw = run.samples[selected], run.samples, None
         else:
-            # The final reward decoded every particle with the full VAE: the images are those rows, decoded once.
-            decoded = scorer.decoded
-            images, nsfw = self._steering_postprocess(decoded[selected.to(decoded.device)], output_type, setup)
-            particles, _ = self._steering_postprocess(decoded, output_type, setup, safety=False)
+            # The final reward decoded every particle with the full VAE, and every particle goes through the
+            # parent's postprocessing (its safety checker included): the images are those particles, made once.
+            particles, particle_nsfw = self._steering_postprocess(scorer.decoded, output_type)
+            images = _take(particles, selected)
+            nsfw = None if particle_nsfw is None else [particle_nsfw[int(i)] for i in selected]
         self.maybe_free_model_hooks()
         ledger.stop()
         output = SteeringPipelineOutput(
@@ -285,12 +287,10 @@ class SteeringMixin:
         values = {**call, "height": height, "width": width}
         self.check_inputs(**{name: values.get(name) for name in inspect.signature(self.check_inputs).parameters})
 
-    def _steering_postprocess(
-        self, images: torch.Tensor, output_type: str, setup: FamilySetup, safety: bool = True
-    ) -> tuple[Any, list[bool] | None]:
+    def _steering_postprocess(self, images: torch.Tensor, output_type: str) -> tuple[Any, list[bool] | None]:
         """The parent's postprocessing, with its safety checker where it has one."""
         nsfw = None
-        if safety and getattr(self, "safety_checker", None) is not None:
+        if getattr(self, "safety_checker", None) is not None:
             images, nsfw = self.run_safety_checker(images, images.device, images.dtype)
         if getattr(self, "watermark", None) is not None:
             images = self.watermark.apply_watermark(images)
@@ -362,6 +362,15 @@ class SteeringMixin:
             else:
                 conditioning[name] = value
         particles.conditioning = conditioning
+
+
+def _take(images: Any, indices: torch.Tensor) -> Any:
+    """Rows `indices` of postprocessed images, whatever their `output_type` (PIL list, numpy array, tensor)."""
+    if isinstance(images, list):
+        return [images[int(i)] for i in indices]
+    if isinstance(images, np.ndarray):
+        return images[indices.cpu().numpy()]
+    return images[indices.to(images.device)]
 
 
 class _ChunkedScorer:

@@ -348,3 +348,22 @@ def test_a_cheaper_decoder_for_intermediate_rewards():
 def test_unsupported_parent_arguments_are_refused_with_a_method(family, pipe, CALL):
     with pytest.raises(ValueError, match=r"IP-Adapter inputs are \(ip_adapter_image_embeds\) not supported"):
         pipe(PROMPTS, ip_adapter_image_embeds=[torch.zeros(1)], reward=redness, method=diffsteer.FK(2), **CALL)
+
+
+@pytest.mark.parametrize("output_type", ["pt", "np", "pil"])
+def test_images_are_the_selected_particles_decoded_once(output_type):
+    """The images are rows of the particles' decode, in every output type, pixel for pixel."""
+    family = FAMILIES["sd"]
+    pipe = family.steering(**family.components(), requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    out = pipe(
+        PROMPTS,
+        generator=torch.Generator().manual_seed(5),
+        reward=redness,
+        method=diffsteer.FK(3, lmbda=20.0),
+        num_images_per_prompt=2,
+        **{**family.call, "output_type": output_type},
+    )
+    assert len(out.images) == 4 and len(out.particles) == 6
+    for image, index in zip(out.images, out.selected_indices.flatten().tolist(), strict=True):
+        assert np.array_equal(np.asarray(image), np.asarray(out.particles[index]))
