@@ -11,7 +11,6 @@ evaluator's accuracy on the returned image and its mean reward.
 """
 
 import argparse
-import json
 import statistics
 import time
 from collections import defaultdict
@@ -91,24 +90,13 @@ def table(results: Results, columns: list[str], categories: list[str]) -> str:
     return "\n".join(lines)
 
 
-def reward_option(text: str) -> tuple[str, Any]:
-    """`KEY=JSON` from the command line as (key, value); argparse reports a malformed one under its flag."""
-    key, separator, value = text.partition("=")
-    try:
-        if not (key and separator):
-            raise ValueError
-        return key, json.loads(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected KEY=JSON such as partial=true, got {text!r}") from None
-
-
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=gen.SHAPES_MODEL)
     parser.add_argument("--reward", default="shapes-clip")
     parser.add_argument(
         "--reward-option",
         action="append",
-        type=reward_option,
+        type=gen.reward_option,
         default=[],
         metavar="KEY=JSON",
         help="an option of the reward, e.g. partial=true for shapes-eval (repeatable)",
@@ -124,7 +112,7 @@ def load(args: argparse.Namespace) -> tuple[Any, Any]:
         torch.set_num_threads(args.threads)
     pipeline = gen.load_pipeline(args.model)
     pipeline.set_progress_bar_config(disable=True)
-    return pipeline, load_reward(args.reward, **dict(args.reward_option))
+    return pipeline, load_reward(args.reward, **gen.reward_options(args.reward_option))
 
 
 def main() -> None:
