@@ -80,7 +80,9 @@ class SteeringRun:
     changes: list[str]
 
 
-def check_scores(scores: Any, num_rows: int, what: str = "reward", *, item: str = "sample") -> torch.Tensor:
+def check_scores(
+    scores: Any, num_rows: int, what: str = "reward", *, item: str = "sample", first_row: int = 0
+) -> torch.Tensor:
     """The scores a reward returned for `num_rows` rows, checked and as a float64 tensor of shape (num_rows,).
 
     Shapes (N,) and (N, 1) are accepted (a reward head often keeps its output dimension); tensors, numpy arrays and
@@ -92,6 +94,8 @@ def check_scores(scores: Any, num_rows: int, what: str = "reward", *, item: str 
         num_rows: how many rows it was given.
         what: the reward as messages name it ("reward", "reward 'clip'").
         item: what one row is in messages ("sample", "image").
+        first_row: the index of the first row in the caller's batch, so that messages name rows as the caller counts
+            them (a pipeline scores its particles chunk by chunk).
 
     Raises:
         TypeError: if `scores` is None or not numbers (strings, complex numbers, objects).
@@ -116,7 +120,7 @@ def check_scores(scores: Any, num_rows: int, what: str = "reward", *, item: str 
     tensor = tensor.reshape(num_rows).to(torch.float64)
     invalid = torch.isnan(tensor) | (tensor == math.inf)
     if invalid.any():
-        rows = invalid.nonzero().flatten().tolist()
+        rows = (invalid.nonzero().flatten() + first_row).tolist()
         shown = str(rows[:10])[:-1] + (f", ... ({len(rows)} in all)]" if len(rows) > 10 else "]")
         raise ValueError(
             f"The {what} returned NaN or +inf for {item}s {shown}; rewards must be finite, or -inf to give a "

@@ -8,8 +8,6 @@ group per prompt, scores x0-hat through the VAE in chunks, and assembles a `Stee
 """
 
 import inspect
-import math
-import numbers
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -19,13 +17,14 @@ import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
-from diffsteer.loop import run_steering
+from diffsteer.loop import check_scores, run_steering
 from diffsteer.methods import FK, BestOfN
 from diffsteer.outputs import CostLedger
 from diffsteer.pipelines.pipeline_output import SteeringPipelineOutput
 from diffsteer.processes.scheduler_process import STOCHASTIC_MODES, SchedulerProcess, Step
 from diffsteer.rewards import get_spec as get_reward_spec
 from diffsteer.rewards import load as load_reward
+from diffsteer.smc.checks import check_callable, check_choice, check_int, check_number, check_type
 from diffsteer.smc.particles import Particles
 
 
@@ -391,6 +390,8 @@ class _ChunkedScorer:
     ) -> None:
         self.setup, self.reward, self.num_particles = setup, reward, num_particles
         self.decode_batch_size, self.ledger = decode_batch_size, ledger
+        # The name errors use: the loop names the reward it calls, which is this scorer.
+        self.__name__ = getattr(reward, "__name__", type(reward).__name__)
         self.vae: Any = None  # set by the engine: the decoder of the next call
         self.keep_decoded = False
         self.decoded: torch.Tensor | None = None
@@ -412,23 +413,31 @@ class _ChunkedScorer:
                     decoded.append(images)
                 pending.append(images)
                 if not batch_relative:
-                    scores.append(self._score(torch.cat(pending), start))
+                    scores.append(self._score(torch.cat(pending), latents, start))
                     pending = []
             if pending:
-                scores.append(self._score(torch.cat(pending), group_start))
+                scores.append(self._score(torch.cat(pending), latents, group_start))
         self.decoded = torch.cat(decoded) if decoded else None
         return torch.cat(scores)
 
-    def _score(self, images: torch.Tensor, start: int) -> torch.Tensor:
-        """Score decoded rows `start ...` against their prompts; one score per image."""
+    def _score(self, images: torch.Tensor, latents: torch.Tensor, start: int) -> torch.Tensor:
+        """Score decoded rows `start ...` (of `latents`) against their prompts; one score per image, checked as the
+        core API checks rewards ((N,) or (N, 1), finite or -inf)."""
         prompts = [self.setup.prompts[row // self.num_particles] for row in range(start, start + images.shape[0])]
-        scores = torch.as_tensor(self.reward((images / 2 + 0.5).clamp(0, 1), prompts)).flatten()
-        if scores.shape != (images.shape[0],):
-            raise ValueError(
-                f"The reward must return one score per image: it got {images.shape[0]} images and returned "
-                f"shape {tuple(scores.shape)}."
-            )
-        return scores.to(torch.float64).cpu()
+        scores = self.reward((images / 2 + 0.5).clamp(0, 1), prompts)
+        try:
+            checked = check_scores(scores, images.shape[0], f"reward {self.__name__!r}", item="image", first_row=start)
+        except ValueError:
+            rows = slice(start, start + images.shape[0])
+            # Non-finite latents are the model's doing, which the loop explains; finite ones decoded to NaN are not.
+            if torch.isfinite(latents[rows]).all() and not torch.isfinite(images).all():
+                raise ValueError(
+                    f"The decoder produced NaN or infinite images (rows {start} to {start + images.shape[0] - 1}), "
+                    "so the reward could not score them; this is not the reward's fault. A float16 VAE overflowing "
+                    "is the usual cause: run the VAE in float32 (or pass a reward_decoder in float32)."
+                ) from None
+            raise
+        return checked.cpu()
 
 
 def refuse_with_a_method(call: dict[str, Any], names: Sequence[str], what: str) -> None:
@@ -442,18 +451,17 @@ def _check_steering_inputs(
     call: dict[str, Any], reward: Any, method: Any, decode_batch_size: Any, stochastic: Any
 ) -> None:
     """The steering arguments, and the parent arguments whose meaning a method changes, checked before any work."""
-    if not isinstance(method, FK | BestOfN):
-        raise TypeError(f"method must be diffsteer.FK(...), diffsteer.BestOfN(...) or None, got {method!r}.")
+    check_type("method", method, FK | BestOfN, "diffsteer.FK(...), diffsteer.BestOfN(...) or None")
     if isinstance(reward, str):
         get_reward_spec(reward)  # an unknown name fails here, before any model is built
-    elif not callable(reward):
-        raise TypeError(
-            f"reward must be a name from diffsteer.rewards.available() or a callable reward(images, prompts) -> "
-            f"scores, got {reward!r}."
+    else:
+        check_callable(
+            "reward",
+            reward,
+            "a name from diffsteer.rewards.available() or a callable reward(images, prompts) -> scores",
         )
-    _check_positive_int("decode_batch_size", decode_batch_size)
-    if stochastic not in STOCHASTIC_MODES:
-        raise ValueError(f"stochastic must be one of {list(STOCHASTIC_MODES)}, got {stochastic!r}.")
+    check_int("decode_batch_size", decode_batch_size, minimum=1)
+    check_choice("stochastic", stochastic, STOCHASTIC_MODES)
     extra = call.get("kwargs") or {}
     if extra:
         raise ValueError(
@@ -463,29 +471,12 @@ def _check_steering_inputs(
     prompt = call.get("prompt")
     if isinstance(prompt, list | tuple) and len(prompt) == 0:
         raise ValueError("prompt is an empty list; pass at least one prompt (or prompt_embeds).")
-    per_prompt = _check_positive_int("num_images_per_prompt", call.get("num_images_per_prompt"))
+    per_prompt = check_int("num_images_per_prompt", call.get("num_images_per_prompt"), minimum=1)
     if per_prompt > method.num_particles:
         raise ValueError(
             f"num_images_per_prompt={per_prompt} exceeds the method's num_particles={method.num_particles}: each "
             "prompt's images are selected from its particles, so raise num_particles."
         )
     call["num_images_per_prompt"] = per_prompt
-    guidance_scale = call.get("guidance_scale")
-    if guidance_scale is not None:
-        if isinstance(guidance_scale, bool) or not isinstance(guidance_scale, numbers.Real):
-            raise TypeError(f"guidance_scale must be a number, got {guidance_scale!r}.")
-        if not math.isfinite(guidance_scale):
-            raise ValueError(
-                f"guidance_scale must be finite, got {guidance_scale!r} (values <= 1 turn classifier-free guidance "
-                "off)."
-            )
-
-
-def _check_positive_int(name: str, value: Any) -> int:
-    """`value` as an int (numpy integers accepted), or `TypeError` for another type (bools included) and
-    `ValueError` below 1."""
-    if isinstance(value, bool) or not isinstance(value, numbers.Integral):
-        raise TypeError(f"{name} must be a positive integer, got {value!r}.")
-    if value < 1:
-        raise ValueError(f"{name} must be a positive integer, got {value!r}.")
-    return int(value)
+    if "guidance_scale" in call:
+        check_number("guidance_scale", call["guidance_scale"], hint="Values <= 1 turn classifier-free guidance off.")

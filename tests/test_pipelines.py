@@ -228,6 +228,15 @@ def test_callback_on_step_end_sees_and_edits_the_particles(family, pipe, CALL):
         ({"reward": lambda images, prompts: torch.zeros(1), "method": diffsteer.FK(2)}, "one score per image"),
         ({"reward": lambda images, prompts: torch.full((len(prompts),), math.nan), "method": diffsteer.FK(2)}, "NaN"),
         ({"reward": redness}, "reward= is only used with a method="),
+        (
+            {"reward": lambda images, prompts: torch.zeros(len(prompts), 2), "method": diffsteer.FK(2)},
+            r"it returned shape \(4, 2\) for 4 images",
+        ),
+        (
+            {"reward": redness, "method": diffsteer.FK(2), "guidance_scale": math.nan},
+            "guidance_scale must be a finite",
+        ),
+        ({"reward": redness, "method": diffsteer.FK(2), "num_images_per_prompt": 0}, "must be a positive integer"),
     ],
 )
 def test_bad_input_is_a_clear_error(pipe, CALL, kwargs, message):
@@ -367,3 +376,52 @@ def test_images_are_the_selected_particles_decoded_once(output_type):
     assert len(out.images) == 4 and len(out.particles) == 6
     for image, index in zip(out.images, out.selected_indices.flatten().tolist(), strict=True):
         assert np.array_equal(np.asarray(image), np.asarray(out.particles[index]))
+
+
+def test_rewards_of_shape_n_by_1_are_accepted_and_bad_rows_are_named_as_the_caller_counts_them():
+    family = FAMILIES["sd"]
+    pipe = family.steering(**family.components(), requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    common = dict(method=diffsteer.BestOfN(2), decode_batch_size=1, **family.call)
+    flat = pipe(PROMPTS, generator=torch.Generator().manual_seed(0), reward=redness, **common)
+    column = pipe(
+        PROMPTS, generator=torch.Generator().manual_seed(0), reward=lambda i, p: redness(i, p)[:, None], **common
+    )
+    assert torch.equal(flat.rewards, column.rewards) and torch.equal(flat.images, column.images)
+
+    calls = []
+
+    def nan_at_the_fourth_image(images, prompts):
+        calls.append(len(prompts))
+        return torch.full((len(prompts),), math.nan if len(calls) == 4 else 0.0)
+
+    with pytest.raises(ValueError, match=r"reward 'nan_at_the_fourth_image' returned NaN or \+inf for images \[3\]"):
+        pipe(PROMPTS, generator=torch.Generator().manual_seed(0), reward=nan_at_the_fourth_image, **common)
+
+
+def test_nan_from_the_decoder_or_the_latents_is_not_blamed_on_the_reward(monkeypatch):
+    family = FAMILIES["sd"]
+    pipe = family.steering(**family.components(), requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    common = dict(generator=torch.Generator().manual_seed(0), reward=redness, method=diffsteer.FK(2), **family.call)
+
+    def nan_latents(pipeline, step, timestep, tensors):
+        return {"latents": torch.full_like(tensors["latents"], math.nan)} if step == 1 else tensors
+
+    with pytest.raises(ValueError, match="not the reward's fault"):
+        pipe(PROMPTS, callback_on_step_end=nan_latents, **common)
+    decode = pipe.vae.decode
+    monkeypatch.setattr(pipe.vae, "decode", lambda *a, **k: (decode(*a, **k)[0] * math.nan,))
+    with pytest.raises(ValueError, match="The decoder produced NaN or infinite images"):
+        pipe(PROMPTS, **common)
+
+
+def test_a_steered_call_refuses_an_empty_prompt_list_and_deprecated_callbacks():
+    family = FAMILIES["sd"]
+    pipe = family.steering(**family.components(), requires_safety_checker=False)
+    pipe.set_progress_bar_config(disable=True)
+    common = dict(reward=redness, method=diffsteer.FK(2), **family.call)
+    with pytest.raises(ValueError, match="prompt is an empty list"):
+        pipe([], **common)
+    with pytest.raises(ValueError, match=r"Arguments \['callback'\] are not supported with a steering method"):
+        pipe(PROMPTS, callback=lambda *args: None, **common)
