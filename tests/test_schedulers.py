@@ -287,3 +287,50 @@ def test_x0_hat_of_solvers_in_flow_mode(name):
         exact = MIXTURE_3D.posterior_mean(sample, 1 - sigma, sigma)
         torch.testing.assert_close(particles.x0_hat.double(), exact, atol=2e-2, rtol=0)
         process.transition(particles, step)
+
+
+def old_ddim_fixed_by_a_pipeline() -> DDIMScheduler:
+    """A `DDIMScheduler()` whose config a pipeline's `__init__` then fixed (as StableDiffusionPipeline does to old
+    configs): `steps_offset` and `clip_sample` were left to their defaults, so `from_config` would drop the fix."""
+    from diffusers.configuration_utils import FrozenDict
+
+    scheduler = DDIMScheduler()
+    assert {"steps_offset", "clip_sample"} <= set(scheduler.config._use_default_values)
+    scheduler._internal_dict = FrozenDict({**scheduler.config, "steps_offset": 1, "clip_sample": False})
+    return scheduler
+
+
+@pytest.mark.parametrize("stochastic", ["off", "auto"])
+def test_the_process_steps_through_the_schedulers_effective_timesteps(stochastic):
+    """The process's copy keeps the effective config (also through the PNDM -> DDIM switch under "auto")."""
+    scheduler = old_ddim_fixed_by_a_pipeline()
+    scheduler.set_timesteps(5)
+    process = SchedulerProcess(lambda x, t: x, scheduler, shape=SHAPE, num_inference_steps=5, stochastic=stochastic)
+    assert process.scheduler.timesteps.tolist() == scheduler.timesteps.tolist() == [801, 601, 401, 201, 1]
+    assert process.scheduler.config.clip_sample is False
+    from diffusers import PNDMScheduler
+
+    pndm = PNDMScheduler()
+    pndm._internal_dict = type(pndm.config)({**pndm.config, "steps_offset": 1})
+    switched = SchedulerProcess(lambda x, t: x, pndm, shape=SHAPE, num_inference_steps=5, stochastic="auto")
+    assert type(switched.scheduler).__name__ == "DDIMScheduler" and switched.scheduler.config.steps_offset == 1
+
+
+def test_custom_schedules_set_the_step_count_and_numpy_integers_are_step_counts():
+    import numpy as np
+    from diffusers import EulerDiscreteScheduler
+
+    scheduler = EulerDiscreteScheduler()
+    custom = SchedulerProcess(
+        lambda x, t: x,
+        scheduler,
+        shape=SHAPE,
+        num_inference_steps=None,
+        timesteps_kwargs={"timesteps": [900, 500]},
+        stochastic="off",
+    )
+    assert custom.num_inference_steps == 2 and custom.scheduler.timesteps.tolist() == [900, 500]
+    numpy_steps = SchedulerProcess(lambda x, t: x, scheduler, shape=SHAPE, num_inference_steps=np.int64(3))
+    assert numpy_steps.num_inference_steps == 3
+    with pytest.raises(TypeError, match="num_inference_steps must be a positive integer"):
+        SchedulerProcess(lambda x, t: x, scheduler, shape=SHAPE, num_inference_steps=True)

@@ -5,7 +5,6 @@ from collections.abc import Callable, Iterator, Mapping
 from dataclasses import dataclass
 from typing import Any
 
-import numpy as np
 import torch
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
@@ -19,6 +18,7 @@ from diffsteer.processes.schedulers import (
     unregistered_particle_state,
 )
 from diffsteer.processes.x0 import alpha_bar, flow_x0, vp_x0
+from diffsteer.smc.checks import check_choice, check_int
 from diffsteer.smc.particles import Particles
 
 
@@ -88,23 +88,15 @@ class SchedulerProcess:
         timesteps_kwargs: dict[str, Any] | None = None,
         interrupt: Callable[[], bool] | None = None,
     ) -> None:
-        if stochastic not in STOCHASTIC_MODES:
-            raise ValueError(f"stochastic must be one of {list(STOCHASTIC_MODES)}, got {stochastic!r}.")
+        check_choice("stochastic", stochastic, STOCHASTIC_MODES)
         timesteps_kwargs = {name: value for name, value in (timesteps_kwargs or {}).items() if value is not None}
         custom_schedule = "timesteps" in timesteps_kwargs or "sigmas" in timesteps_kwargs
         if custom_schedule:
             num_inference_steps = None  # the custom schedule's length sets it, as in the pipelines
-        elif (
-            isinstance(num_inference_steps, bool)
-            or not isinstance(num_inference_steps, int | np.integer)
-            or num_inference_steps < 1
-        ):
-            raise ValueError(
-                f"num_inference_steps must be a positive integer (or None with custom timesteps or sigmas), got "
-                f"{num_inference_steps!r}."
-            )
         else:
-            num_inference_steps = int(num_inference_steps)
+            num_inference_steps = check_int(
+                "num_inference_steps", num_inference_steps, minimum=1, hint="Or pass custom timesteps or sigmas."
+            )
         self.interrupt = interrupt
         self.model = model
         self.shape = tuple(shape)
