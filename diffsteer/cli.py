@@ -92,6 +92,7 @@ def _generate(args: argparse.Namespace) -> None:
     """Generate an image for PROMPT, spending up to --budget plain samples' worth of denoising on FK steering or
     best-of-N against --reward; writes the image, every particle and summary.json to --out."""
     from diffsteer import generate as gen
+    from diffsteer.output_folder import check_out, write_outputs
     from diffsteer.rewards import get_spec
     from diffsteer.rewards import load as load_reward
 
@@ -104,7 +105,7 @@ def _generate(args: argparse.Namespace) -> None:
     device = gen.resolve_device(args.device)
     options = gen.reward_options(args.reward_option)
     get_spec(args.reward)
-    gen.check_out(args.out)
+    check_out(args.out)
     # The reward loads first: an option it does not take is refused before the (larger) model loads.
     reward = load_reward(args.reward, **options).to(device)
     pipeline = gen.load_pipeline(args.model, device)
@@ -126,7 +127,7 @@ def _generate(args: argparse.Namespace) -> None:
         seed=args.seed,
         judge=gen.is_shapes_model(args.model),
     )
-    summary = gen.write_outputs(args.out, output, summary)
+    summary = write_outputs(args.out, output, summary)
     verdict = summary.get("evaluator")
     judged = ""
     if isinstance(verdict, dict):

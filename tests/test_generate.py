@@ -16,6 +16,7 @@ from diffusers import DDPMPipeline, DDPMScheduler, StableDiffusionPipeline, UNet
 from PIL import Image
 
 import diffsteer.generate as gen
+import diffsteer.output_folder as output_folder
 import diffsteer.rewards
 import diffsteer.worlds.shapes as shapes
 from diffsteer.cli import main
@@ -414,7 +415,7 @@ def test_ctrl_c_or_a_full_disk_while_writing_keeps_the_earlier_output(
     earlier_output, monkeypatch, capsys, failure, code, message
 ):
     out, before = earlier_output
-    write = gen._write_file
+    write = output_folder._write_file
     written = []
 
     def fail_on_third(path, data):
@@ -423,7 +424,7 @@ def test_ctrl_c_or_a_full_disk_while_writing_keeps_the_earlier_output(
         write(path, data)
         written.append(path.name)
 
-    monkeypatch.setattr(gen, "_write_file", fail_on_third)
+    monkeypatch.setattr(output_folder, "_write_file", fail_on_third)
     assert run(out, "--particles", "4", "--seed", "2") == code
     assert written == ["particle-0.png", "particle-1.png"]
     assert capsys.readouterr().err.strip().splitlines()[-1] == message.format(out=str(out))
@@ -434,7 +435,7 @@ def test_a_full_disk_on_a_first_run_writes_nothing(embedded, tmp_path, monkeypat
     def full(path, data):
         raise OSError(errno.ENOSPC, os.strerror(errno.ENOSPC))
 
-    monkeypatch.setattr(gen, "_write_file", full)
+    monkeypatch.setattr(output_folder, "_write_file", full)
     assert run(tmp_path / "out") == 2
     line = capsys.readouterr().err.strip().splitlines()[-1]
     assert line.endswith("(No space left on device); nothing was written.") and "particle-0.png" in line
@@ -513,12 +514,13 @@ def test_a_prompt_the_tokenizer_cannot_take_is_refused_without_traceback(tiny_sh
 
 
 def test_sigint_during_denoising_ends_the_command_with_one_line_and_exit_130(earlier_output, tiny_shapes_model):
-    """The real thing: `python -m diffsteer generate` in its own process, sent SIGINT while it denoises (1000 steps,
-    so it is still denoising when the signal comes)."""
+    """The real thing: `python -m diffsteer generate` in its own process, sent SIGINT while it denoises (999 steps,
+    so it is still denoising when the signal comes; 1000 would end at once, since with the pipeline's steps_offset
+    of 1 they reach timestep 1000)."""
     out, before = earlier_output
     argv = ["generate", "a red circle", "--model", str(tiny_shapes_model), "--method", "bon", "--particles", "2"]
     process = subprocess.Popen(
-        [sys.executable, "-m", "diffsteer", *argv, "--steps", "1000", "--reward", "shapes-eval", "--out", str(out)],
+        [sys.executable, "-m", "diffsteer", *argv, "--steps", "999", "--reward", "shapes-eval", "--out", str(out)],
         stderr=subprocess.PIPE,
         stdout=subprocess.PIPE,
         text=True,
