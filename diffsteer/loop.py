@@ -197,6 +197,7 @@ def run_steering(
         ancestors = None
         if rewarded:
             rewards = _score(reward, particles.x0_hat, ledger, watch, f"x0-hat at step {step.index}")
+            particles.x0_hat = None  # only the reward reads it, and the next prediction replaces it: not worth moving
             log_potential, particles.potential_state = potential.step(
                 particles.potential_state, rewards, step.progress
             )
@@ -399,12 +400,14 @@ class _FiniteWatch:
         self._inputs: list[torch.Tensor] = []  # were the latents the model saw finite, per call
         self._outputs: list[torch.Tensor] = []  # was the model's output finite, per call
 
+    # A sum is finite exactly when every entry is (short of overflowing float32, which latents and model outputs do
+    # not come near), and it is one reduction where `isfinite(x).all()` is two: this runs at every model call.
     def record_input(self, step: Step, latents: torch.Tensor) -> None:
         self._steps.append(step)
-        self._inputs.append(torch.isfinite(latents).all())
+        self._inputs.append(latents.sum())
 
     def record_output(self, model_output: torch.Tensor) -> None:
-        self._outputs.append(torch.isfinite(model_output).all())
+        self._outputs.append(model_output.sum())
 
     def explain(self, what: str) -> str:
         """Why `what` (x0-hat at a step, or the final samples) is not finite: the first model call whose input or
@@ -414,8 +417,8 @@ class _FiniteWatch:
             "not), and the scheduler (its prediction_type and timesteps)."
         )
         subject = f"The reward's input ({what}) is not finite"
-        inputs = torch.stack(self._inputs).tolist() if self._inputs else []
-        outputs = torch.stack(self._outputs).tolist() if self._outputs else []
+        inputs = torch.isfinite(torch.stack(self._inputs)).tolist() if self._inputs else []
+        outputs = torch.isfinite(torch.stack(self._outputs)).tolist() if self._outputs else []
         for k, step in enumerate(self._steps):
             at = f"step {step.index} (timestep {float(step.timestep):g})"
             if not inputs[k]:

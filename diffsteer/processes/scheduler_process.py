@@ -113,6 +113,11 @@ class SchedulerProcess:
         _, self.num_inference_steps = retrieve_timesteps(
             self.scheduler, num_inference_steps, self.device, **timesteps_kwargs
         )
+        # The noise level of every model call, read once (one host sync per run, not one per step on a GPU).
+        if self.is_flow:
+            self._sigmas = self.scheduler.sigmas.tolist()
+        else:
+            self._alpha_bars = [alpha_bar(self.scheduler, t) for t in self.scheduler.timesteps.tolist()]
         parameters = inspect.signature(self.scheduler.step).parameters
         self._step_parameters = set(parameters)
         accepts_any = any(p.kind is inspect.Parameter.VAR_KEYWORD for p in parameters.values())
@@ -201,10 +206,11 @@ class SchedulerProcess:
             # The scheduler's own sigma for this step: solvers such as DPM-Solver in flow mode round their
             # timesteps, so timestep / num_train_timesteps would be off by up to 1e-3.
             index = self.scheduler.step_index if self.scheduler.step_index is not None else step.index
-            x0_hat = flow_x0(sample, model_output, float(self.scheduler.sigmas[index]))
+            x0_hat = flow_x0(sample, model_output, self._sigmas[index])
         else:
-            a = alpha_bar(self.scheduler, step.timestep)
-            x0_hat = vp_x0(model_input, model_output, a, self.scheduler.config.prediction_type)
+            x0_hat = vp_x0(
+                model_input, model_output, self._alpha_bars[step.index], self.scheduler.config.prediction_type
+            )
         particles.model_output = model_output
         particles.x0_hat = x0_hat
 

@@ -27,10 +27,13 @@ def reindex_value(value: Any, indices: torch.Tensor) -> Any:
     leaves (ints, floats, strings) are shared by every particle and returned unchanged; `Reindexable` objects
     reindex themselves in place.
     """
+    # The common cases first: `isinstance` against a runtime-checkable Protocol is slow (it inspects attributes),
+    # and this runs for every field at every resampling step.
     if isinstance(value, torch.Tensor):
-        return value[indices.to(value.device)]
-    if isinstance(value, Reindexable):
-        value.reindex(indices)
+        # index_select, not value[indices]: same rows, without advanced indexing's parallel region (tens of
+        # microseconds per field on a loaded CPU).
+        return value.index_select(0, indices.to(value.device))
+    if value is None or isinstance(value, int | float | str):
         return value
     if isinstance(value, dict):
         return {key: reindex_value(item, indices) for key, item in value.items()}
@@ -38,6 +41,8 @@ def reindex_value(value: Any, indices: torch.Tensor) -> Any:
         return type(value)(*(reindex_value(item, indices) for item in value))
     if isinstance(value, list | tuple):
         return type(value)(reindex_value(item, indices) for item in value)
+    if isinstance(value, Reindexable):
+        value.reindex(indices)
     return value
 
 
