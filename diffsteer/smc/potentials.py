@@ -120,11 +120,7 @@ class Potential:
         """
         lmbda = self.lmbda_at(progress)
         rewards = rewards.to(torch.float64)
-        minus_inf = torch.isneginf(rewards)
-        was_dead = torch.isneginf(state.applied)
-        if lmbda < 0:
-            _refuse_negative_tilt(minus_inf & ~was_dead)
-        dead = was_dead | minus_inf if lmbda != 0 else was_dead
+        minus_inf, was_dead, dead = _constraints(rewards, state, lmbda)
         # -inf rewards and the rewards of dead particles never enter the arithmetic: they become the kind's neutral
         # value (nothing added to a sum, nothing raised in a max), so no -inf - -inf = NaN can form in the state.
         neutral = -math.inf if self.kind == "max" else 0.0
@@ -154,11 +150,7 @@ class Potential:
         """
         lmbda = self.target_lmbda
         final_rewards = final_rewards.to(torch.float64)
-        minus_inf = torch.isneginf(final_rewards)
-        was_dead = torch.isneginf(state.applied)
-        if lmbda < 0:
-            _refuse_negative_tilt(minus_inf & ~was_dead)
-        dead = was_dead | minus_inf if lmbda != 0 else was_dead
+        minus_inf, was_dead, dead = _constraints(final_rewards, state, lmbda)
         correction = _tilt(lmbda, torch.where(minus_inf, 0.0, final_rewards)) - torch.where(
             was_dead, 0.0, state.applied
         )
@@ -179,3 +171,16 @@ def _refuse_negative_tilt(minus_inf: torch.Tensor) -> None:
             "A reward of -inf with a negative lmbda would give a particle infinite weight: -inf forbids a sample only "
             "under a positive tilt. Return a finite low reward instead, or use a positive lmbda."
         )
+
+
+def _constraints(
+    rewards: torch.Tensor, state: PotentialState, lmbda: float
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Which rewards are -inf, which particles had already met a constraint, and which have from now on (under a
+    zero tilt a -inf reward is no constraint); a -inf reward under a negative tilt is refused."""
+    minus_inf = torch.isneginf(rewards)
+    was_dead = torch.isneginf(state.applied)
+    if lmbda < 0:
+        _refuse_negative_tilt(minus_inf & ~was_dead)
+    dead = was_dead | minus_inf if lmbda != 0 else was_dead
+    return minus_inf, was_dead, dead
