@@ -334,3 +334,16 @@ def test_custom_schedules_set_the_step_count_and_numpy_integers_are_step_counts(
     assert numpy_steps.num_inference_steps == 3
     with pytest.raises(TypeError, match="num_inference_steps must be a positive integer"):
         SchedulerProcess(lambda x, t: x, scheduler, shape=SHAPE, num_inference_steps=True)
+
+
+def test_a_switch_to_a_scheduler_without_custom_schedules_says_so():
+    from diffusers import EulerDiscreteScheduler
+
+    with pytest.raises(ValueError, match=r"replaced by EulerAncestralDiscreteScheduler.*takes no custom timesteps"):
+        SchedulerProcess(
+            lambda x, t: x,
+            EulerDiscreteScheduler(),
+            shape=SHAPE,
+            num_inference_steps=None,
+            timesteps_kwargs={"timesteps": [900, 500]},
+        )

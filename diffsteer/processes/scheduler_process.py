@@ -110,9 +110,18 @@ class SchedulerProcess:
         self.spec: SchedulerSpec = scheduler_spec(self.scheduler)
         # Flow matching: FlowMatch schedulers, and VP solvers run with flow sigmas (DPM-Solver, UniPC for SANA/Flux).
         self.is_flow = self.spec.space == "flow" or self.scheduler.config.get("prediction_type") == "flow_prediction"
-        _, self.num_inference_steps = retrieve_timesteps(
-            self.scheduler, num_inference_steps, self.device, **timesteps_kwargs
-        )
+        try:
+            _, self.num_inference_steps = retrieve_timesteps(
+                self.scheduler, num_inference_steps, self.device, **timesteps_kwargs
+            )
+        except ValueError as error:
+            if not (custom_schedule and self.changes):
+                raise
+            raise ValueError(
+                f"{self.changes[-1]} But {type(self.scheduler).__name__} takes no custom timesteps or sigmas "
+                f"({error}). Pass a stochastic scheduler that takes them (for example DDPMScheduler or "
+                "DPMSolverMultistepScheduler with algorithm_type='sde-dpmsolver++'), or stochastic='off'."
+            ) from None
         # The noise level of every model call, read once (one host sync per run, not one per step on a GPU).
         if self.is_flow:
             self._sigmas = self.scheduler.sigmas.tolist()
