@@ -27,6 +27,7 @@ class FluxSteeringPipeline(SteeringMixin, FluxPipeline):
     """
 
     _steering_parent = FluxPipeline
+    _callback_concatenates_cfg = False  # true CFG runs two passes; callbacks see the positive rows, as in the parent
 
     def _steering_setup(self, call: dict[str, Any], num_particles: int, ledger: CostLedger) -> FamilySetup:
         ip_adapter = ("ip_adapter_image", "ip_adapter_image_embeds")

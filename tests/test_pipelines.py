@@ -262,8 +262,20 @@ def test_flux_true_cfg_matches_the_parent_and_counts_both_passes():
     pipe = FluxSteeringPipeline.from_pipe(parent)
     pipe.set_progress_bar_config(disable=True)
 
+    seen = []
+
+    def rows(pipeline, step, timestep, tensors):
+        seen.append(tensors["prompt_embeds"].shape[0])
+        return tensors
+
     def both(negative_prompt):
-        call = {**family.call, "negative_prompt": negative_prompt, "true_cfg_scale": 2.0}
+        call = {
+            **family.call,
+            "negative_prompt": negative_prompt,
+            "true_cfg_scale": 2.0,
+            "callback_on_step_end": rows,
+            "callback_on_step_end_tensor_inputs": ["latents", "prompt_embeds"],
+        }
         expected = parent(PROMPTS, generator=torch.Generator().manual_seed(0), **call).images
         out = pipe(
             PROMPTS, generator=torch.Generator().manual_seed(0), reward=redness, method=diffsteer.BestOfN(1), **call
@@ -272,6 +284,8 @@ def test_flux_true_cfg_matches_the_parent_and_counts_both_passes():
 
     expected, out = both(["a dog", "a dog"])
     assert torch.equal(out.images, expected)
+    # Flux's callbacks see the positive embeddings alone under true CFG (it runs two passes), in the parent and here.
+    assert set(seen) == {2}
     assert out.cost.model_rows == 2 * 2 * family.call["num_inference_steps"]  # both passes, 2 prompts, every step
     # One negative prompt for several prompts: the parent broadcasts it inside attention, the particles carry a
     # row each, so the results agree to float rounding rather than bit for bit.
