@@ -2,7 +2,7 @@
 
     particles = process.init(...)
     for step in process.steps():
-        process.predict(particles, step)            # model output and x0-hat
+        process.predict(particles, step)            # model output, and x0-hat where a potential reads it
         potentials from reward(x0-hat)              # only on the method's potential steps
         resample each group whose ESS is low        # one reindex moves every per-particle field
         process.transition(particles, step)         # scheduler.step, noise from the caller's generators
@@ -118,14 +118,18 @@ def check_scores(
             f"The {what} must return {expected}; it returned shape {tuple(tensor.shape)} for {num_rows} {item}s."
         )
     tensor = tensor.reshape(num_rows).to(torch.float64)
-    invalid = torch.isnan(tensor) | (tensor == math.inf)
-    if invalid.any():
-        rows = (invalid.nonzero().flatten() + first_row).tolist()
-        shown = str(rows[:10])[:-1] + (f", ... ({len(rows)} in all)]" if len(rows) > 10 else "]")
-        raise ValueError(
-            f"The {what} returned NaN or +inf for {item}s {shown}; rewards must be finite, or -inf to give a "
-            f"{item} zero weight."
-        )
+    # The sum is finite or -inf when no score is NaN or +inf (-inf scores alone sum to -inf): one reduction and one
+    # read when all is well; the rows are looked for only otherwise (huge finite scores can also sum to +inf).
+    total = float(tensor.sum())
+    if math.isnan(total) or total == math.inf:
+        invalid = torch.isnan(tensor) | (tensor == math.inf)
+        if invalid.any():
+            rows = (invalid.nonzero().flatten() + first_row).tolist()
+            shown = str(rows[:10])[:-1] + (f", ... ({len(rows)} in all)]" if len(rows) > 10 else "]")
+            raise ValueError(
+                f"The {what} returned NaN or +inf for {item}s {shown}; rewards must be finite, or -inf to give a "
+                f"{item} zero weight."
+            )
     return tensor
 
 
@@ -189,10 +193,10 @@ def run_steering(
     records: list[tuple[Step, bool, tuple[float, ...], tuple[bool, ...], torch.Tensor | None]] = []
 
     for step in process.steps():
-        watch.record_input(step, particles.latents)
-        process.predict(particles, step)
-        watch.record_output(particles.model_output)
         rewarded = potential is not None and step.at_boundary and step.full_step in reward_steps
+        watch.record_input(step, particles.latents)
+        process.predict(particles, step, with_x0_hat=rewarded)
+        watch.record_output(particles.model_output)
         group_resampled = (False,) * num_groups
         ancestors = None
         if rewarded:
@@ -314,16 +318,17 @@ def _resample_groups(
     """
     num_groups, num_particles = log_weights.shape
     ancestors = torch.arange(num_groups * num_particles)
-    log_weights, log_offsets = log_weights.clone(), log_offsets.clone()
+    host_log_weights = log_weights.cpu()  # the ancestors go to the host anyway; one copy serves every group
     for g, resampled in enumerate(group_resampled):
         if not resampled:
             continue
         start = g * num_particles
         group_generator = _group_generator(particles, generator, start)
-        picked = resample(log_weights[g], num_particles, method.resampling, group_generator)
+        picked = resample(host_log_weights[g], num_particles, method.resampling, group_generator)
         ancestors[start : start + num_particles] = start + picked.cpu()
-        log_offsets[g] += log_mean_exp(log_weights[g])
-        log_weights[g] = 0.0
+    mask = torch.tensor(group_resampled, device=log_weights.device)
+    log_offsets = torch.where(mask, log_offsets + log_mean_exp(log_weights, dim=-1), log_offsets)
+    log_weights = torch.where(mask.unsqueeze(-1), 0.0, log_weights)
     particles.reindex(ancestors)
     return ancestors, log_weights, log_offsets
 

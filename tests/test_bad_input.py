@@ -152,6 +152,8 @@ def test_check_scores_accepts_n_and_n_by_1_and_returns_float64():
     assert torch.isneginf(check_scores(torch.tensor([0.0, -math.inf]), 2)[1])
     scores = torch.ones(2, requires_grad=True)
     assert not check_scores(scores, 2).requires_grad
+    # Huge finite scores whose sum overflows to +inf are still finite scores.
+    assert check_scores(torch.tensor([1e308, 1e308], dtype=torch.float64), 2).tolist() == [1e308, 1e308]
 
 
 @pytest.mark.parametrize(

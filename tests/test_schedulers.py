@@ -103,6 +103,19 @@ def final_samples(name: str, stochastic: str, seed: int, **overrides) -> diffste
     )
 
 
+def test_a_step_no_potential_reads_skips_x0_hat():
+    scheduler = make("DDIMScheduler")
+    model = diffsteer.worlds.gmm.exact_denoiser(MIXTURE_3D, scheduler)
+    process = SchedulerProcess(model, scheduler, shape=SHAPE, num_inference_steps=4, stochastic="off")
+    particles = process.init(3, torch.Generator().manual_seed(0))
+    step = next(iter(process.steps()))
+    process.predict(particles, step)
+    model_output, x0_hat = particles.model_output, particles.x0_hat
+    process.predict(particles, step, with_x0_hat=False)
+    assert particles.x0_hat is None and torch.equal(particles.model_output, model_output)
+    assert x0_hat is not None
+
+
 @pytest.mark.parametrize("name", ALL)
 def test_deterministic_transitions_are_detected_and_made_stochastic(name):
     deterministic = DETERMINISTIC_BY_DEFAULT[name]

@@ -200,8 +200,11 @@ class SchedulerProcess:
             full_step += int(at_boundary)
             yield Step(index, timestep, full_step, at_boundary, full_step / self.num_inference_steps)
 
-    def predict(self, particles: Particles, step: Step) -> None:
-        """Run the model at the current particles and store `model_output` and `x0_hat` on them."""
+    def predict(self, particles: Particles, step: Step, with_x0_hat: bool = True) -> None:
+        """Run the model at the current particles and store `model_output` and `x0_hat` on them.
+
+        With `with_x0_hat=False` (a step no potential reads), `x0_hat` is set to None instead of computed.
+        """
         sample = particles.latents
         scale = getattr(self.scheduler, "scale_model_input", None)
         model_input = scale(sample, step.timestep) if scale is not None else sample
@@ -211,6 +214,10 @@ class SchedulerProcess:
                 f"The model returned shape {tuple(model_output.shape)} for samples of shape {tuple(sample.shape)}; "
                 "it must return one output per particle with the sample's shape."
             )
+        particles.model_output = model_output
+        if not with_x0_hat:
+            particles.x0_hat = None
+            return
         if self.is_flow:
             # The scheduler's own sigma for this step: solvers such as DPM-Solver in flow mode round their
             # timesteps, so timestep / num_train_timesteps would be off by up to 1e-3.
@@ -220,7 +227,6 @@ class SchedulerProcess:
             x0_hat = vp_x0(
                 model_input, model_output, self._alpha_bars[step.index], self.scheduler.config.prediction_type
             )
-        particles.model_output = model_output
         particles.x0_hat = x0_hat
 
     def check_particle_state(self, num_particles: int) -> None:

@@ -6,6 +6,7 @@ generator passed in. The expected number of copies of particle i is `num_samples
 in variance (multinomial > residual, stratified > systematic, usually).
 """
 
+import math
 from collections.abc import Callable
 
 import torch
@@ -66,11 +67,16 @@ def inverse_cdf(log_weights: torch.Tensor, uniforms: torch.Tensor) -> torch.Tens
     below it. Rounding can therefore never land a query past the end of the CDF, and a particle of zero weight
     (whose CDF entry equals its predecessor's) can never be returned.
     """
-    check_log_weights(log_weights)
+    if not isinstance(log_weights, torch.Tensor) or log_weights.ndim != 1 or log_weights.numel() == 0:
+        check_log_weights(log_weights)  # raises, saying what is wrong with them
     log_weights = log_weights.detach().to(torch.float64)
     weights = torch.exp(log_weights - log_weights.max())
     cdf = torch.cumsum(weights, dim=0)
     total = cdf[-1]
+    # The total is finite and positive exactly when the weights are usable: a NaN or +inf log-weight, or all -inf,
+    # makes the shifted exponentials NaN. One read of it is the whole check when all is well.
+    if not 0.0 < float(total) < math.inf:
+        check_log_weights(log_weights)
     queries = uniforms.to(device=cdf.device, dtype=torch.float64) * total
     queries = torch.minimum(queries, torch.nextafter(total, torch.zeros_like(total)))
     return torch.searchsorted(cdf, queries, right=True).clamp_(max=cdf.numel() - 1)
