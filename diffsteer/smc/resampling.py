@@ -125,7 +125,10 @@ def residual(log_weights: torch.Tensor, num_samples: int, generator: torch.Gener
     probabilities = torch.softmax(log_weights.detach().to(torch.float64), dim=0).cpu()
     expected = num_samples * probabilities
     copies = torch.floor(expected).long()
-    deterministic = torch.repeat_interleave(torch.arange(probabilities.numel()), copies)
+    # Particle i fills the slots [ends[i-1], ends[i]); the same indices as repeat_interleave(arange(N), copies),
+    # without its parallel kernel, which takes milliseconds on a few particles when the CPU cores are busy.
+    ends = torch.cumsum(copies, dim=0)
+    deterministic = torch.searchsorted(ends, torch.arange(int(ends[-1])), right=True)
     remaining = num_samples - deterministic.numel()
     if remaining == 0:
         return deterministic.to(log_weights.device)

@@ -17,11 +17,15 @@ import torch
 def normalize(log_weights: torch.Tensor) -> torch.Tensor:
     """Normalised log-weights: `log_weights - logsumexp(log_weights)`, so that their exponentials sum to one.
 
+    The log-weights are centred (largest 0) first: at a level such as 1e16 or 1e300 the spacing of float64 swallows
+    log N, so `x - logsumexp(x)` would leave equal weights at 0 each, summing to N.
+
     Raises:
         ValueError: if every weight is zero (all log-weights are `-inf`) or a log-weight is NaN or `+inf`.
     """
     check_log_weights(log_weights)
-    return log_weights - torch.logsumexp(log_weights, dim=0)
+    centred = log_weights - log_weights.max()  # finite: the check found a finite weight and no NaN or +inf
+    return centred - torch.logsumexp(centred, dim=0)
 
 
 def log_mean_exp(log_weights: torch.Tensor, dim: int = 0) -> torch.Tensor:
