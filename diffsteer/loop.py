@@ -29,7 +29,7 @@ from typing import Any, Protocol
 import torch
 
 from diffsteer.outputs import CostLedger, StepRecord
-from diffsteer.processes.scheduler_process import SchedulerProcess, Step
+from diffsteer.processes.base import Generators, Process, Step
 from diffsteer.smc.checks import check_callable, check_int, describe
 from diffsteer.smc.particles import Particles
 from diffsteer.smc.potentials import Potential
@@ -37,12 +37,12 @@ from diffsteer.smc.resampling import multinomial, resample
 from diffsteer.smc.weights import centre, check_log_weights, ess_rows, log_mean_exp
 
 
+# reward(batch) -> one score per row; see `check_scores`.
 Reward = Callable[[torch.Tensor], Any]
-Generators = torch.Generator | list[torch.Generator] | None
 
 
-class Method(Protocol):
-    """What the loop asks of a steering method (see `diffsteer.FK` and `diffsteer.BestOfN`)."""
+class SMCMethod(Protocol):
+    """What the SMC driver (`run_steering`) asks of a method: FK and best-of-N implement it."""
 
     num_particles: int
     requires_stochastic: bool
@@ -133,9 +133,39 @@ def check_scores(
     return tensor
 
 
+@dataclass
+class RunContext:
+    """Everything a driver needs besides the method's settings: what the entry point (`diffsteer.sample`, a
+    pipeline) hands to `method.run`.
+
+    Attributes:
+        process: the model and its schedule.
+        reward: scores x0-hat at intermediate steps, (rows, *shape) -> (rows,).
+        final_reward: scores finished samples (a pipeline decodes them with its full VAE).
+        ledger: the cost ledger the run fills.
+        num_groups: independent problems G (one per prompt), laid out in contiguous blocks of rows.
+        generator: the source of every draw (a list of per-row generators only where a method says it takes one).
+        latents: initial noise for G * method.num_particles rows, or None to draw it.
+        conditioning: per-row tensors for G * method.num_particles rows (rows of a group are that group's copies).
+        num_outputs: outputs selected per group.
+        on_step_end: called after every transition with the step and the particles.
+    """
+
+    process: Process
+    reward: Reward
+    final_reward: Reward
+    ledger: CostLedger
+    num_groups: int = 1
+    generator: Generators = None
+    latents: torch.Tensor | None = None
+    conditioning: Mapping[str, torch.Tensor] | None = None
+    num_outputs: int = 1
+    on_step_end: Callable[[Step, Particles], None] | None = None
+
+
 def run_steering(
-    process: SchedulerProcess,
-    method: Method,
+    process: Process,
+    method: SMCMethod,
     reward: Reward,
     ledger: CostLedger,
     *,
@@ -145,23 +175,26 @@ def run_steering(
     conditioning: Mapping[str, torch.Tensor] | None = None,
     num_outputs: int = 1,
     on_step_end: Callable[[Step, Particles], None] | None = None,
+    final_reward: Reward | None = None,
 ) -> SteeringRun:
-    """Run `method` over `process` with `num_groups` groups of `method.num_particles` particles.
+    """Run an SMC method (FK, best-of-N) over `process` with `num_groups` groups of `method.num_particles` particles.
 
     Args:
         process: the model and scheduler.
-        method: FK, best-of-N, or anything with the `Method` protocol.
+        method: FK, best-of-N, or anything with the `SMCMethod` protocol.
         reward: scores x0-hat (and the final samples), shape (G * N, *shape) -> (G * N,) (or (G * N, 1)); see
             `check_scores`.
         ledger: the cost ledger to fill (the caller counts model rows; the loop counts rewards and resampling).
         num_groups: number of independent particle systems G, laid out in contiguous blocks.
-        generator: one generator for every draw, or one per particle (diffusers' list convention), which is
-            re-indexed with the particles; a group's resampling then draws from its first particle's generator.
+        generator: one generator for every draw, or one per particle row (diffusers' list convention): row i always
+            draws its transition noise from `generator[i]`, whatever resampling copies into it, and a group's
+            resampling draws from its first row's generator.
         latents: initial noise, shape (G * N, *shape).
         conditioning: per-particle tensors (leading dimension G * N) passed to the model as keyword arguments and
             re-indexed with the particles.
         num_outputs: outputs selected per group.
         on_step_end: called after every transition with the step and the particles (pipelines' callbacks).
+        final_reward: scores the final samples (defaults to `reward`; a pipeline decodes them with its full VAE).
 
     Raises:
         TypeError, ValueError: for bad arguments, bad rewards (see `check_scores`), a group left without weight, or
@@ -171,6 +204,7 @@ def run_steering(
     num_groups = check_int("num_groups", num_groups, minimum=1)
     num_outputs = _check_num_outputs(num_outputs, num_particles)
     check_callable("reward", reward, "a callable that scores a batch of samples")
+    final_reward = reward if final_reward is None else final_reward
     total = num_groups * num_particles
     if isinstance(generator, list) and not all(isinstance(item, torch.Generator) for item in generator):
         raise TypeError(f"generator must be a torch.Generator, a list of them or None, got {describe(generator)}.")
@@ -209,7 +243,9 @@ def run_steering(
             group_ess = _group_ess(log_weights)
             group_resampled = tuple(method.should_resample(value, num_particles) for value in group_ess)
         if any(group_resampled):
-            process.check_particle_state(total)
+            check_state = getattr(process, "check_particle_state", None)
+            if check_state is not None:
+                check_state(total)
             ancestors, log_weights, log_offsets = _resample_groups(
                 particles, log_weights, log_offsets, group_resampled, method, generator
             )
@@ -227,7 +263,7 @@ def run_steering(
     samples = particles.latents
     if not bool(torch.isfinite(samples).all()):
         raise ValueError(watch.explain("the final samples"))
-    final_rewards = _score(reward, samples, ledger, watch, "the final samples").view(num_groups, num_particles)
+    final_rewards = _score(final_reward, samples, ledger, watch, "the final samples").view(num_groups, num_particles)
     log_normalizers = None
     if potential is not None:
         correction = potential.final_correction(particles.potential_state, final_rewards.flatten())
@@ -307,7 +343,7 @@ def _resample_groups(
     log_weights: torch.Tensor,
     log_offsets: torch.Tensor,
     group_resampled: tuple[bool, ...],
-    method: Method,
+    method: SMCMethod,
     generator: Generators,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Resample the groups that asked for it (the others keep their particles) and reindex everything once.
@@ -334,9 +370,9 @@ def _resample_groups(
 
 
 def _group_generator(particles: Particles, generator: Generators, first_row: int) -> torch.Generator | None:
-    """The generator for a group's own draws: the caller's single generator, or the group's first particle's."""
+    """The generator for a group's own draws: the caller's single generator, or the group's first row's."""
     if isinstance(generator, list):
-        return particles.generators[first_row]
+        return generator[first_row]
     return generator
 
 
@@ -359,7 +395,7 @@ def _score(reward: Reward, batch: torch.Tensor, ledger: CostLedger, watch: "_Fin
 
 
 def _select(
-    method: Method,
+    method: SMCMethod,
     log_weights: torch.Tensor,
     rewards: torch.Tensor,
     num_outputs: int,

@@ -1,8 +1,9 @@
 """A steppable diffusion process over any registered diffusers scheduler and a user model callable."""
 
+import copy
 import inspect
+import math
 from collections.abc import Callable, Iterator, Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -10,6 +11,7 @@ from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retri
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
+from diffsteer.processes.base import Generators, Model, Step
 from diffsteer.processes.schedulers import (
     SchedulerSpec,
     SchedulerState,
@@ -22,30 +24,8 @@ from diffsteer.smc.checks import check_choice, check_int
 from diffsteer.smc.particles import Particles
 
 
-# model(sample, timestep, **conditioning) -> model_output; conditioning holds per-particle tensors, if any.
-Model = Callable[..., torch.Tensor]
-Generators = torch.Generator | list[torch.Generator] | None
 STOCHASTIC_MODES = ("auto", "require", "off")
-
-
-@dataclass(frozen=True)
-class Step:
-    """One model call of the sampling loop.
-
-    Attributes:
-        index: position in `scheduler.timesteps` (one model call each).
-        timestep: the scheduler's timestep for this call.
-        full_step: index of the full solver step this call belongs to (0 .. num_inference_steps - 1).
-        at_boundary: True when this call starts a full step, so the particles sit on the solver's grid with no
-            half-step state (always True for first-order schedulers; every other call for Heun and KDPM2).
-        progress: full_step / num_inference_steps, 0 at pure noise.
-    """
-
-    index: int
-    timestep: torch.Tensor
-    full_step: int
-    at_boundary: bool
-    progress: float
+__all__ = ["STOCHASTIC_MODES", "Generators", "Model", "SchedulerProcess", "Step"]
 
 
 class SchedulerProcess:
@@ -111,9 +91,7 @@ class SchedulerProcess:
         # Flow matching: FlowMatch schedulers, and VP solvers run with flow sigmas (DPM-Solver, UniPC for SANA/Flux).
         self.is_flow = self.spec.space == "flow" or self.scheduler.config.get("prediction_type") == "flow_prediction"
         try:
-            _, self.num_inference_steps = retrieve_timesteps(
-                self.scheduler, num_inference_steps, self.device, **timesteps_kwargs
-            )
+            retrieve_timesteps(self.scheduler, num_inference_steps, self.device, **timesteps_kwargs)
         except ValueError as error:
             if not (custom_schedule and self.changes):
                 raise
@@ -122,6 +100,20 @@ class SchedulerProcess:
                 f"({error}). Pass a stochastic scheduler that takes them (for example DDPMScheduler or "
                 "DPMSolverMultistepScheduler with algorithm_type='sde-dpmsolver++'), or stochastic='off'."
             ) from None
+        self._timesteps = list(self.scheduler.timesteps)
+        self.num_model_calls = len(self._timesteps)
+        # Order-2 solvers (Heun, KDPM2) make two calls per full step but one for the last: 2T - 1 calls, the full
+        # steps starting at the even calls. Counting full steps here, not taking diffusers' count, keeps T right for
+        # custom schedules too (`retrieve_timesteps` then reports the calls).
+        self._order = 2 if getattr(self.scheduler, "order", 1) == 2 else 1
+        self.num_inference_steps = (self.num_model_calls + 1) // 2 if self._order == 2 else self.num_model_calls
+        self._boundaries = [k * self._order for k in range(self.num_inference_steps)] + [self.num_model_calls]
+        self.stochastic_transition = not self.spec.is_deterministic(self.scheduler, self.step_kwargs)
+        # Every run starts from this state; particles carry their own copy from then on (see `SchedulerState`).
+        self._initial_state = SchedulerState.capture(self.scheduler)
+        self._loaded: SchedulerState | None = self._initial_state
+        self._sample_scales: dict[int, float] = {}
+        self.particle_calls = 0  # model calls counted per particle row, over every run of this process
         # The noise level of every model call, read once (one host sync per run, not one per step on a GPU).
         if self.is_flow:
             self._sigmas = self.scheduler.sigmas.tolist()
@@ -166,49 +158,64 @@ class SchedulerProcess:
         generator: Generators = None,
         latents: torch.Tensor | None = None,
         conditioning: Mapping[str, torch.Tensor] | None = None,
+        start: int = 0,
     ) -> Particles:
-        """Initial particles: x_T (given, or drawn as diffusers' `randn_tensor` draws it), the scheduler's
-        per-particle state, per-particle conditioning and, for a list of generators, the generators themselves."""
+        """Particles at the start of full step `start` with fresh solver state: the given `latents`, or x_T drawn as
+        diffusers' `randn_tensor` draws it (for `start=0` only), and per-particle conditioning.
+
+        A list of generators is not kept with the particles: row i always draws from `generator[i]` (diffusers'
+        convention), whatever resampling copies into that row.
+        """
+        num_particles = check_int("num_particles", num_particles, minimum=1)
+        start = self._check_full_step("start", start, allow_end=False)
         shape = (num_particles, *self.shape)
         if latents is None:
+            if start != 0:
+                raise ValueError(f"latents are needed to start at full step {start}; only step 0 starts from noise.")
             latents = randn_tensor(shape, generator=generator, device=self.device, dtype=self.dtype)
             latents = latents * getattr(self.scheduler, "init_noise_sigma", 1.0)
         elif tuple(latents.shape) != shape:
             raise ValueError(f"latents must have shape {shape} (num_particles, *shape), got {tuple(latents.shape)}.")
         else:
             latents = latents.to(device=self.device, dtype=self.dtype)
-        particles = Particles(
+        return Particles(
             num_particles,
             latents=latents,
             model_output=None,
             x0_hat=None,
-            scheduler_state=SchedulerState(self.scheduler),
+            scheduler_state=self._state_at(start),
             conditioning=dict(conditioning or {}),
         )
-        if isinstance(generator, list):
-            particles.generators = list(generator)
-        return particles
 
-    def steps(self) -> Iterator[Step]:
-        """The model calls of one run, in order, until `interrupt` says stop. Lazy: `at_boundary` is read off the
-        scheduler's live state."""
-        full_step = -1
-        for index, timestep in enumerate(self.scheduler.timesteps):
+    def steps(self, start: int = 0, stop: int | None = None) -> Iterator[Step]:
+        """The model calls of full steps `start` .. `stop - 1` (the whole run by default), until `interrupt` says
+        stop."""
+        start = self._check_full_step("start", start, allow_end=False)
+        stop = self.num_inference_steps if stop is None else self._check_full_step("stop", stop, allow_end=True)
+        if stop <= start:
+            raise ValueError(f"stop must be greater than start={start}, got {stop}.")
+        for index in range(self._boundaries[start], self._boundaries[stop]):
             if self.interrupt is not None and self.interrupt():
                 return
-            at_boundary = getattr(self.scheduler, "state_in_first_order", True)
-            full_step += int(at_boundary)
-            yield Step(index, timestep, full_step, at_boundary, full_step / self.num_inference_steps)
+            full_step = index // self._order if self._order == 2 else index
+            at_boundary = self._order == 1 or index % 2 == 0
+            yield Step(index, self._timesteps[index], full_step, at_boundary, full_step / self.num_inference_steps)
+
+    def is_stochastic(self) -> bool:
+        """Whether the transition draws noise, as resolved (after any stochastic switch)."""
+        return self.stochastic_transition
 
     def predict(self, particles: Particles, step: Step, with_x0_hat: bool = True) -> None:
         """Run the model at the current particles and store `model_output` and `x0_hat` on them.
 
         With `with_x0_hat=False` (a step no potential reads), `x0_hat` is set to None instead of computed.
         """
+        self._load(particles)
         sample = particles.latents
         scale = getattr(self.scheduler, "scale_model_input", None)
         model_input = scale(sample, step.timestep) if scale is not None else sample
         model_output = self.model(model_input, step.timestep, **particles.conditioning)
+        self.particle_calls += sample.shape[0]
         if model_output.shape != sample.shape:
             raise ValueError(
                 f"The model returned shape {tuple(model_output.shape)} for samples of shape {tuple(sample.shape)}; "
@@ -217,6 +224,7 @@ class SchedulerProcess:
         particles.model_output = model_output
         if not with_x0_hat:
             particles.x0_hat = None
+            self._capture(particles)
             return
         if self.is_flow:
             # The scheduler's own sigma for this step: solvers such as DPM-Solver in flow mode round their
@@ -228,6 +236,7 @@ class SchedulerProcess:
                 model_input, model_output, self._alpha_bars[step.index], self.scheduler.config.prediction_type
             )
         particles.x0_hat = x0_hat
+        self._capture(particles)  # scale_model_input may have set the step index
 
     def check_particle_state(self, num_particles: int) -> None:
         """Raise if the scheduler holds per-particle state the registry does not know (resampling would miss it)."""
@@ -240,10 +249,93 @@ class SchedulerProcess:
             )
 
     def transition(self, particles: Particles, step: Step, generator: Generators = None) -> None:
-        """One `scheduler.step` from the current particles; noise comes only from `generator` (a list of
-        generators, re-indexed with the particles, gives each particle its own stream)."""
+        """One `scheduler.step` from the current particles; noise comes only from `generator` (with a list of
+        generators, row i draws from `generator[i]`)."""
         kwargs = dict(self.step_kwargs)
         if "generator" in self._step_parameters:
-            kwargs["generator"] = particles.generators if isinstance(generator, list) else generator
+            if isinstance(generator, list) and len(generator) != particles.num_particles:
+                raise ValueError(
+                    f"A list of generators needs one per particle row: {particles.num_particles} rows, "
+                    f"{len(generator)} generators."
+                )
+            kwargs["generator"] = generator
+        self._load(particles)
         output = self.scheduler.step(particles.model_output, step.timestep, particles.latents, **kwargs)
         particles.latents = output.prev_sample
+        self._capture(particles)
+
+    def renoise(self, particles: Particles, start: int, to: int, generator: Generators = None) -> None:
+        """Draw x at the start of full step `to` from the forward kernel q(x_to | x_start) of the scheduler's own
+        noising process (`to < start`: noisier), and give the particles fresh solver state there.
+
+        In VP coordinates y = s x (s is what `scale_model_input` multiplies by: 1 for DDPM/DDIM, 1/sqrt(sigma^2 + 1)
+        for Euler-type schedulers), y_to = sqrt(a_to / a_start) y_start + sqrt(1 - a_to / a_start) z; for flow
+        matching, x_to = (1 - s_to) / (1 - s_start) x_start + sqrt(s_to^2 - ((1 - s_to) / (1 - s_start))^2
+        s_start^2) z, so that both compose with the forward process q(x_t | x0) exactly. `start` may be
+        `num_inference_steps` (clean samples, noise level 0).
+        """
+        start = self._check_full_step("start", start, allow_end=True)
+        to = self._check_full_step("to", to, allow_end=False)
+        if to >= start:
+            raise ValueError(f"to must be a noisier full step than start={start} (to < start), got {to}.")
+        x = particles.latents.to(torch.float64)
+        noise = randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+        if self.is_flow:
+            s_from, s_to = self._full_step_sigma(start), self._full_step_sigma(to)
+            decay = (1 - s_to) / (1 - s_from)
+            renoised = decay * x + math.sqrt(max(s_to**2 - (decay * s_from) ** 2, 0.0)) * noise
+        else:
+            a_from, a_to = self._full_step_alpha_bar(start), self._full_step_alpha_bar(to)
+            scale_from, scale_to = self._full_step_sample_scale(start), self._full_step_sample_scale(to)
+            ratio = a_to / a_from
+            renoised = (math.sqrt(ratio) * scale_from * x + math.sqrt(1 - ratio) * noise) / scale_to
+        particles.latents = renoised.to(particles.latents.dtype)
+        particles.model_output, particles.x0_hat = None, None
+        particles.scheduler_state = self._state_at(to)
+
+    # ---- solver state: loaded into the one live scheduler before a call, captured after ----
+
+    def _load(self, particles: Particles) -> None:
+        state = particles.scheduler_state
+        if state is not self._loaded:
+            state.load(self.scheduler)
+            self._loaded = state
+
+    def _capture(self, particles: Particles) -> None:
+        state = SchedulerState.capture(self.scheduler)
+        particles.scheduler_state = self._loaded = state
+
+    def _state_at(self, full_step: int) -> SchedulerState:
+        """Fresh solver state (no history) at the start of `full_step`."""
+        if full_step == 0 or "_step_index" not in self._initial_state.attributes:
+            return self._initial_state
+        return self._initial_state.replace(_step_index=self._boundaries[full_step])
+
+    def _check_full_step(self, name: str, value: Any, *, allow_end: bool) -> int:
+        last = self.num_inference_steps if allow_end else self.num_inference_steps - 1
+        return check_int(name, value, minimum=0, maximum=last, hint=f"Full steps run 0 .. {last}.")
+
+    # ---- noise levels at full-step boundaries (index num_inference_steps: the clean end) ----
+
+    def _full_step_sigma(self, full_step: int) -> float:
+        if full_step == self.num_inference_steps:
+            return 0.0
+        return self._sigmas[self._boundaries[full_step]]
+
+    def _full_step_alpha_bar(self, full_step: int) -> float:
+        if full_step == self.num_inference_steps:
+            return 1.0
+        return self._alpha_bars[self._boundaries[full_step]]
+
+    def _full_step_sample_scale(self, full_step: int) -> float:
+        """s with model input = s * sample at the start of `full_step` (1 at the clean end)."""
+        if full_step == self.num_inference_steps:
+            return 1.0
+        call = self._boundaries[full_step]
+        if call not in self._sample_scales:
+            probe = copy.copy(self.scheduler)  # a throwaway scheduler: the live one's state stays as it is
+            self._state_at(full_step).load(probe)
+            scale = getattr(probe, "scale_model_input", None)
+            ones = torch.ones((), dtype=torch.float64)
+            self._sample_scales[call] = float(scale(ones, self._timesteps[call])) if scale is not None else 1.0
+        return self._sample_scales[call]

@@ -91,16 +91,56 @@ def scheduler_spec(scheduler: SchedulerMixin) -> SchedulerSpec:
 
 
 class SchedulerState:
-    """The per-particle attributes of a live scheduler, reindexed in place (a `Reindexable` particle field)."""
+    """A scheduler's whole mutable state, held by the particles rather than by the live scheduler.
 
-    def __init__(self, scheduler: SchedulerMixin) -> None:
-        self.scheduler = scheduler
-        self.attributes = scheduler_spec(scheduler).per_particle
+    It is a copy of the scheduler's instance attributes (its step index, a multistep solver's past outputs, Heun's
+    half step, and the constant timesteps and sigmas, which cost nothing to share). The process loads it into its
+    one scheduler before a call and captures it after, so every set of particles carries the solver history of its
+    own trajectory: a process can be reused, windows can start from any particles, and `Particles.take` copies,
+    drops or multiplies the history with the rows. Only the registry's per-particle attributes are re-indexed (see
+    the module docstring for why they are whitelisted).
+    """
 
-    def reindex(self, indices: torch.Tensor) -> None:
-        for name in self.attributes:
-            if hasattr(self.scheduler, name):
-                setattr(self.scheduler, name, reindex_value(getattr(self.scheduler, name), indices))
+    def __init__(self, attributes: dict[str, Any], per_particle: tuple[str, ...]) -> None:
+        self.attributes = attributes
+        self.per_particle = per_particle
+
+    @classmethod
+    def capture(cls, scheduler: SchedulerMixin) -> "SchedulerState":
+        """The state `scheduler` is in now (lists are copied: solvers update their history lists in place)."""
+        return cls(_copy_lists(vars(scheduler)), scheduler_spec(scheduler).per_particle)
+
+    def load(self, scheduler: SchedulerMixin) -> None:
+        """Put `scheduler` in this state (its attributes become exactly these)."""
+        scheduler.__dict__.clear()
+        scheduler.__dict__.update(_copy_lists(self.attributes))
+
+    def replace(self, **attributes: Any) -> "SchedulerState":
+        """A copy with some attributes set (for example a step index)."""
+        return SchedulerState({**self.attributes, **attributes}, self.per_particle)
+
+    def take(self, indices: torch.Tensor) -> "SchedulerState":
+        """The state of the particles at `indices` (a `Particles.take` or resampling)."""
+        attributes = dict(self.attributes)
+        for name in self.per_particle:
+            if name in attributes:
+                attributes[name] = reindex_value(attributes[name], indices)
+        return SchedulerState(attributes, self.per_particle)
+
+    @classmethod
+    def cat(cls, states: list["SchedulerState"]) -> "SchedulerState":
+        """The state of several particle sets at the same step, joined (per-particle attributes concatenated)."""
+        from diffsteer.smc.particles import concat_values
+
+        attributes = dict(states[0].attributes)
+        for name in states[0].per_particle:
+            if name in attributes:
+                attributes[name] = concat_values([state.attributes[name] for state in states])
+        return cls(attributes, states[0].per_particle)
+
+
+def _copy_lists(attributes: dict[str, Any]) -> dict[str, Any]:
+    return {name: list(value) if isinstance(value, list) else value for name, value in attributes.items()}
 
 
 def unregistered_particle_state(scheduler: SchedulerMixin, num_particles: int) -> list[str]:

@@ -24,8 +24,8 @@ def reindex_value(value: Any, indices: torch.Tensor) -> Any:
     """`value` with its particle dimension (dim 0) gathered at `indices`.
 
     Tensors are indexed; tuples, lists, dicts and NamedTuples are reindexed element by element; `None` and non-tensor
-    leaves (ints, floats, strings) are shared by every particle and returned unchanged; `Reindexable` objects
-    reindex themselves in place.
+    leaves (ints, floats, strings) are shared by every particle and returned unchanged; objects with a
+    `take(indices)` method return their reindexed copy, and `Reindexable` objects reindex themselves in place.
     """
     # The common cases first: `isinstance` against a runtime-checkable Protocol is slow (it inspects attributes),
     # and this runs for every field at every resampling step.
@@ -41,9 +41,35 @@ def reindex_value(value: Any, indices: torch.Tensor) -> Any:
         return type(value)(*(reindex_value(item, indices) for item in value))
     if isinstance(value, list | tuple):
         return type(value)(reindex_value(item, indices) for item in value)
+    take = getattr(value, "take", None)
+    if callable(take):  # a value that builds its own reindexed copy (a solver's state)
+        return take(indices)
     if callable(getattr(value, "reindex", None)):  # a Reindexable, without the Protocol's slow isinstance
         value.reindex(indices)
     return value
+
+
+def concat_values(values: list[Any]) -> Any:
+    """The values of several particle sets (the same field of each) joined along the particle dimension.
+
+    Tensors are concatenated; containers are joined element by element; `None` and non-tensor leaves are shared, so
+    the first is kept; objects with a `cat(values)` class method (a solver's state) join themselves.
+    """
+    first = values[0]
+    if isinstance(first, torch.Tensor):
+        return torch.cat(values)
+    if first is None or isinstance(first, int | float | str):
+        return first
+    if isinstance(first, dict):
+        return {key: concat_values([value[key] for value in values]) for key in first}
+    if isinstance(first, tuple) and hasattr(first, "_fields"):
+        return type(first)(*(concat_values(list(items)) for items in zip(*values, strict=True)))
+    if isinstance(first, list | tuple):
+        return type(first)(concat_values(list(items)) for items in zip(*values, strict=True))
+    cat = getattr(type(first), "cat", None)
+    if callable(cat):
+        return cat(values)
+    raise TypeError(f"Particles fields of type {type(first).__name__} cannot be joined.")
 
 
 class Particles:
@@ -80,16 +106,55 @@ class Particles:
         return iter(self._fields)
 
     def reindex(self, indices: torch.Tensor) -> None:
-        """Replace every field by its rows at `indices` (ancestor indices from a resampling scheme)."""
-        if not isinstance(indices, torch.Tensor):
-            raise TypeError(f"indices must be a 1-D integer torch.Tensor, got {type(indices).__name__}.")
-        if indices.ndim != 1 or indices.numel() != self.num_particles:
+        """Replace every field by its rows at `indices` (ancestor indices from a resampling scheme), in place."""
+        _check_indices(indices, self.num_particles)
+        if indices.numel() != self.num_particles:
             raise ValueError(
-                f"indices must have shape ({self.num_particles},) to keep the particle count, "
-                f"got {tuple(indices.shape)}."
+                f"indices must have shape ({self.num_particles},) to keep the particle count (Particles.take may "
+                f"change it), got {tuple(indices.shape)}."
             )
         for name, value in self._fields.items():
             self._fields[name] = reindex_value(value, indices)
+
+    def take(self, indices: torch.Tensor) -> "Particles":
+        """New particles made of the rows at `indices`, any number of them (copies, a subset, K children each):
+        every field, the solver's per-particle history included, moves with its row.
+
+        Fields that hold state in place (`Reindexable` objects) are shared with this object, so use the result and
+        drop this one, or take again from the result.
+        """
+        _check_indices(indices, self.num_particles)
+        taken = Particles.__new__(Particles)
+        object.__setattr__(taken, "num_particles", int(indices.numel()))
+        object.__setattr__(
+            taken, "_fields", {name: reindex_value(value, indices) for name, value in self._fields.items()}
+        )
+        return taken
+
+
+def cat_particles(parts: list["Particles"]) -> "Particles":
+    """One set of particles made of `parts` in order (they must have the same fields)."""
+    names = list(parts[0]._fields)
+    for part in parts[1:]:
+        if list(part._fields) != names:
+            raise ValueError(f"Particles with fields {names} and {list(part._fields)} cannot be joined.")
+    joined = Particles.__new__(Particles)
+    object.__setattr__(joined, "num_particles", sum(part.num_particles for part in parts))
+    object.__setattr__(
+        joined, "_fields", {name: concat_values([part._fields[name] for part in parts]) for name in names}
+    )
+    return joined
+
+
+def _check_indices(indices: torch.Tensor, num_particles: int) -> None:
+    # Out-of-range indices are left to index_select, which names them: a range check here would cost two host syncs.
+    if not isinstance(indices, torch.Tensor) or indices.dtype in (torch.bool, *_FLOATS) or indices.is_complex():
+        raise TypeError(f"indices must be a 1-D integer torch.Tensor, got {type(indices).__name__}.")
+    if indices.ndim != 1 or indices.numel() == 0:
+        raise ValueError(f"indices must be a non-empty 1-D tensor, got shape {tuple(indices.shape)}.")
+
+
+_FLOATS = (torch.float16, torch.bfloat16, torch.float32, torch.float64)
 
 
 def _check_particle_dim(name: str, value: Any, num_particles: int) -> None:
