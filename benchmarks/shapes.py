@@ -60,7 +60,7 @@ def run(
             for seed in range(seeds):
                 for column in columns:
                     plan = gen.plan_budget(column.method, column.budget, None, steps)
-                    method = gen.make_method(plan, **column.fk_options)
+                    method = gen.build_method(plan, column.fk_options)
                     output = gen.generate(
                         pipeline, prompt, reward, method, steps=steps, guidance_scale=guidance_scale, seed=seed
                     )

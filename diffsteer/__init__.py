@@ -15,6 +15,11 @@ __version__ = "0.1.0"
 _LAZY = {
     "FK": "diffsteer.methods",
     "BestOfN": "diffsteer.methods",
+    "ZeroOrder": "diffsteer.methods",
+    "Paths": "diffsteer.methods",
+    "SVDD": "diffsteer.methods",
+    "RBF": "diffsteer.methods",
+    "make_method": "diffsteer.methods",
     "CostLedger": "diffsteer.outputs",
     "SamplingResult": "diffsteer.outputs",
     "StepRecord": "diffsteer.outputs",
@@ -22,10 +27,23 @@ _LAZY = {
 }
 _SUBPACKAGES = ("methods", "pipelines", "processes", "rewards", "smc", "worlds")
 
-__all__ = ["FK", "BestOfN", "CostLedger", "SamplingResult", "StepRecord", "__version__", "sample"]
+__all__ = [
+    "FK",
+    "RBF",
+    "SVDD",
+    "BestOfN",
+    "CostLedger",
+    "Paths",
+    "SamplingResult",
+    "StepRecord",
+    "ZeroOrder",
+    "__version__",
+    "make_method",
+    "sample",
+]
 
 if TYPE_CHECKING:
-    from diffsteer.methods import FK, BestOfN
+    from diffsteer.methods import FK, RBF, SVDD, BestOfN, Paths, ZeroOrder, make_method
     from diffsteer.outputs import CostLedger, SamplingResult, StepRecord
     from diffsteer.sampling import sample
 

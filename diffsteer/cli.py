@@ -100,6 +100,8 @@ def _generate(args: argparse.Namespace) -> None:
     plan = gen.plan_budget(args.method, args.budget, args.particles, args.steps, args.max_particles)
     gen.check_guidance_scale(args.guidance_scale)
     gen.check_lmbda(args.lmbda, args.method)
+    method_settings = gen.method_options(args.method_option, args.lmbda)
+    gen.build_method(plan, method_settings)  # a budget too small, or a bad setting, fails before any load
     gen.check_seed(args.seed)
     gen.check_model(args.model)
     device = gen.resolve_device(args.device)
@@ -110,8 +112,9 @@ def _generate(args: argparse.Namespace) -> None:
     reward = load_reward(args.reward, **options).to(device)
     pipeline = gen.load_pipeline(args.model, device)
     gen.check_prompt(pipeline, args.prompt)
-    method = gen.make_method(plan, **({} if args.lmbda is None else {"lmbda": args.lmbda}))
-    print(plan.describe(), file=sys.stderr)
+    calls = 2 * plan.steps - 1 if getattr(pipeline.scheduler, "order", 1) == 2 else plan.steps
+    method = gen.build_method(plan, method_settings, num_model_calls=calls)
+    print(gen.describe_method(method, plan, calls), file=sys.stderr)
     output = gen.generate(
         pipeline, args.prompt, reward, method, steps=plan.steps, guidance_scale=args.guidance_scale, seed=args.seed
     )
@@ -167,7 +170,7 @@ def _rewards(args: argparse.Namespace) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    from diffsteer.generate import MAX_PARTICLES, METHODS, SHAPES_MODEL, reward_option
+    from diffsteer.generate import MAX_PARTICLES, METHODS, SHAPES_MODEL, method_option, reward_option
 
     parser = _Parser(
         prog="diffsteer",
@@ -217,16 +220,31 @@ def build_parser() -> argparse.ArgumentParser:
         "(`diffsteer rewards` lists each reward's options)",
     )
     generate.add_argument(
-        "--method", choices=METHODS, default="fk", help="fk (FK steering, default) or bon (best-of-N)"
+        "--method",
+        choices=METHODS,
+        default="fk",
+        help="fk (FK steering, default), bon (best-of-N), zero-order (zero-order search), paths (search over "
+        "paths), svdd (per-step selection of children), rbf (rollover budget forcing)",
+    )
+    generate.add_argument(
+        "--method-option",
+        action="append",
+        type=method_option,
+        default=[],
+        metavar="KEY=JSON",
+        help="a setting of the method, repeatable; the value is JSON, e.g. num_neighbors=4 for zero-order, "
+        "selection='\"sample\"' for svdd, potential='\"max\"' for fk (the README lists each method's settings)",
     )
     generate.add_argument(
         "--budget",
         type=float,
         default=None,
         help="denoiser cost allowed, in plain samples (default: --particles, else 4); the method turns it into "
-        "particles",
+        "its counts (particles, rounds, children, tries)",
     )
-    generate.add_argument("--particles", type=int, default=None, help="particles N (default: floor of --budget)")
+    generate.add_argument(
+        "--particles", type=int, default=None, help="particles N of fk and bon (default: floor of --budget)"
+    )
     generate.add_argument(
         "--max-particles",
         type=int,
@@ -243,7 +261,10 @@ def build_parser() -> argparse.ArgumentParser:
         "(Flux takes the value as its distilled guidance)",
     )
     generate.add_argument(
-        "--lmbda", type=float, default=None, help="FK tilt strength lambda, finite (default: FK's 1.0; not for bon)"
+        "--lmbda",
+        type=float,
+        default=None,
+        help="tilt strength lambda of fk and svdd's sampled selection, finite (default: FK's 1.0, SVDD's 10)",
     )
     generate.add_argument("--seed", type=int, default=0, help="random seed, 0 .. 2**64 - 1 (default 0)")
     generate.add_argument(

@@ -2,8 +2,9 @@
 the benchmarks reuse.
 
 The budget is counted in denoiser evaluations: `budget B` spends at most B times what one plain sample of the same
-steps and guidance costs. Best-of-N and FK steering both denoise every particle at every step, so each turns B into
-floor(B) particles; FK additionally decodes and scores x0-hat at its reward steps, which the ledger reports.
+steps and guidance costs. Every method turns B into its own counts (`diffsteer.make_method`, whose rules
+`diffsteer.methods.BUDGET_RULES` states); best-of-N and FK turn it into floor(B) particles, or take `--particles`.
+The ledger also reports what a denoiser count hides (rewards, decodes, their time).
 
 The output folder is written whole or not at all (`diffsteer.output_folder`).
 """
@@ -13,20 +14,29 @@ import json
 import math
 import os
 from collections.abc import Iterable
-from dataclasses import asdict, dataclass
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 
-from diffsteer.methods import FK, BestOfN
+from diffsteer.methods import BUDGET_RULES, DEFAULT_SETTINGS, METHOD_CLASSES, METHOD_NAMES, make_method
 
 
-METHODS = ("fk", "bon")
+METHODS = METHOD_NAMES
+PARTICLE_METHODS = ("fk", "bon")  # the methods whose count is particles (`--particles`)
 DEFAULT_BUDGET = 4.0
 SHAPES_MODEL = "shapes"  # the embedded model's name on the command line
 # FK steering's settings for `generate` (chosen on training prompts of the shapes world, never the held-out ones).
-FK_SETTINGS: dict[str, Any] = {"potential": "diff", "lmbda": 1.0, "interval": 5, "resampling": "systematic"}
+FK_SETTINGS: dict[str, Any] = DEFAULT_SETTINGS["fk"]
+METHOD_TITLES = {
+    "bon": "best-of-N",
+    "fk": "FK steering",
+    "zero-order": "zero-order search",
+    "paths": "search over paths",
+    "svdd": "SVDD",
+    "rbf": "rollover budget forcing",
+}
 # Every particle is denoised in one batch and every decoded particle is kept for the output, so memory grows with N.
 # The cap stops a typo such as `--budget 1e9` before any compute instead of in the allocator; `--max-particles`
 # raises it for a machine and model that can hold more.
@@ -44,44 +54,33 @@ def plural(count: int, noun: str) -> str:
 
 @dataclass(frozen=True)
 class BudgetPlan:
-    """How a method spends a budget: `num_particles` particles of `steps` steps each.
+    """A method, the budget it may spend, and the steps of one plain sample.
 
     Attributes:
-        method: "fk" or "bon".
+        method: a name in `METHODS`.
         budget: the budget asked for, in plain samples.
-        num_particles: particles the method runs.
-        steps: denoising steps per particle.
+        num_particles: particles asked for with `--particles` (best-of-N and FK only), else None (the budget decides).
+        steps: denoising steps of one plain sample (and of every trajectory).
     """
 
     method: str
     budget: float
-    num_particles: int
+    num_particles: int | None
     steps: int
-
-    @property
-    def spent(self) -> float:
-        """Denoiser cost in plain samples (each particle costs one plain sample)."""
-        return float(self.num_particles)
-
-    def describe(self) -> str:
-        name = {"fk": "FK steering", "bon": "best-of-N"}[self.method]
-        return (
-            f"budget {self.budget:g} -> {name} with {plural(self.num_particles, 'particle')} x "
-            f"{plural(self.steps, 'step')} = {self.spent:g}x the denoiser cost of one plain sample"
-        )
 
 
 def plan_budget(
     method: str, budget: float | None, num_particles: int | None, steps: int, max_particles: int = MAX_PARTICLES
 ) -> BudgetPlan:
-    """Turn `--budget` and/or `--particles` into a plan; `ValueError` names the bad argument and the fix.
+    """Check `--method`, `--budget`, `--particles` and `--steps` together; `ValueError` names the bad argument and
+    the fix.
 
     Args:
-        method: "fk" or "bon".
+        method: a name in `METHODS`.
         budget: denoiser cost allowed, in plain samples (None: `num_particles`, else `DEFAULT_BUDGET`).
-        num_particles: particles N (None: floor of the budget).
-        steps: denoising steps per particle.
-        max_particles: the most particles a plan may take (`--max-particles`).
+        num_particles: particles N for best-of-N and FK (None: the budget decides).
+        steps: denoising steps per plain sample.
+        max_particles: the most particles best-of-N or FK may take (`--max-particles`).
     """
     if method not in METHODS:
         raise ValueError(f"--method must be one of {', '.join(METHODS)}, got {method!r}.")
@@ -89,6 +88,11 @@ def plan_budget(
         raise ValueError(f"--steps must be at least 1, got {steps}.")
     if budget is not None and not (math.isfinite(budget) and budget >= 1):
         raise ValueError(f"--budget must be at least 1 (one plain sample), got {budget:g}.")
+    if num_particles is not None and method not in PARTICLE_METHODS:
+        raise ValueError(
+            f"--particles is a count of best-of-N and FK; {method} turns --budget into its own counts "
+            f"({BUDGET_RULES[method]}). Drop --particles, or set a count with --method-option."
+        )
     if num_particles is not None and num_particles < 1:
         raise ValueError(f"--particles must be at least 1, got {num_particles}.")
     if max_particles < 1:
@@ -96,27 +100,97 @@ def plan_budget(
     asked_for = "--particles" if num_particles is not None else f"--budget {budget or DEFAULT_BUDGET:g}"
     if budget is None:
         budget = float(num_particles or DEFAULT_BUDGET)
-    if num_particles is None:
-        num_particles = math.floor(budget)
-    elif num_particles > budget:
+    if num_particles is not None and num_particles > budget:
         raise ValueError(
             f"--particles {num_particles} costs {plural(num_particles, 'plain sample')}, over --budget {budget:g}; "
             f"raise --budget to {num_particles} or lower --particles."
         )
-    if num_particles > max_particles:
+    particles = num_particles if num_particles is not None else math.floor(budget)
+    if method in PARTICLE_METHODS and particles > max_particles:
         raise ValueError(
-            f"{asked_for} asks for {num_particles} particles, over the cap of {max_particles} (every particle is "
+            f"{asked_for} asks for {particles} particles, over the cap of {max_particles} (every particle is "
             "denoised at once and kept as an image, so memory grows with them); lower it, or raise --max-particles "
             "if this machine holds that many."
         )
     return BudgetPlan(method, float(budget), num_particles, steps)
 
 
-def make_method(plan: BudgetPlan, **fk_options: Any) -> FK | BestOfN:
-    """The method object for a plan (FK with `FK_SETTINGS` overridden by `fk_options`)."""
-    if plan.method == "bon":
-        return BestOfN(plan.num_particles)
-    return FK(plan.num_particles, **{**FK_SETTINGS, **fk_options})
+def build_method(plan: BudgetPlan, options: dict[str, Any] | None = None, num_model_calls: int | None = None) -> Any:
+    """The method of a plan, with `options` (`--method-option`, `--lmbda`) over its defaults.
+
+    Raises:
+        ValueError: for a budget below the method's minimum, or a setting it does not take (naming both).
+    """
+    options = dict(options or {})
+    if plan.num_particles is not None:
+        cls = METHOD_CLASSES[plan.method]
+        return cls(plan.num_particles, **_checked_options(plan.method, options, DEFAULT_SETTINGS), budget=plan.budget)
+    _checked_options(plan.method, options, {})
+    return make_method(
+        plan.method, budget=plan.budget, num_inference_steps=plan.steps, num_model_calls=num_model_calls, **options
+    )
+
+
+def _checked_options(method: str, options: dict[str, Any], defaults: dict[str, dict[str, Any]]) -> dict[str, Any]:
+    """`options` over `defaults[method]`, with an option the method's class does not take refused by name."""
+    import inspect
+
+    accepted = set(inspect.signature(METHOD_CLASSES[method]).parameters) - {"budget"}
+    unknown = sorted(set(options) - accepted)
+    if unknown:
+        raise ValueError(f"--method-option {', '.join(unknown)}: {method} takes {', '.join(sorted(accepted))}.")
+    return {**defaults.get(method, {}), **options}
+
+
+def describe_method(method: Any, plan: BudgetPlan, num_model_calls: int | None = None) -> str:
+    """One line: the budget, the method and its counts, and the denoiser cost it plans, in plain samples."""
+    calls = plan.steps if num_model_calls is None else num_model_calls
+    spent = method.model_passes(plan.steps, calls) / calls
+    counts = {
+        "bon": lambda m: plural(m.num_particles, "particle"),
+        "fk": lambda m: plural(m.num_particles, "particle"),
+        "zero-order": lambda m: f"{plural(m.num_rounds, 'round')} of {plural(m.num_neighbors, 'neighbour')}",
+        "paths": lambda m: f"{plural(m.num_paths, 'path')} of {plural(m.num_branches, 'branch')}".replace(
+            "branchs", "branches"
+        ),
+        "svdd": lambda m: f"{plural(m.num_chains, 'chain')} of {plural(m.num_children, 'child')} per step".replace(
+            "childs", "children"
+        ),
+        "rbf": lambda m: f"{plural(m.num_chains, 'chain')} of {plural(m.quota, 'try')} per step".replace(
+            "trys", "tries"
+        ),
+    }[plan.method](method)
+    return (
+        f"budget {plan.budget:g} -> {METHOD_TITLES[plan.method]} with {counts} x {plural(plan.steps, 'step')} = "
+        f"{spent:.4g}x the denoiser cost of one plain sample"
+    )
+
+
+def method_option(text: str) -> tuple[str, Any]:
+    """`--method-option KEY=JSON` as (key, value), for argparse's `type=`."""
+    key, separator, value = text.partition("=")
+    try:
+        if not (key and separator):
+            raise ValueError
+        return key, json.loads(value)
+    except ValueError:
+        raise argparse.ArgumentTypeError(
+            f"expected KEY=JSON such as num_neighbors=4 or selection='\"sample\"', got {text!r}"
+        ) from None
+
+
+def method_options(pairs: Iterable[tuple[str, Any]], lmbda: float | None = None) -> dict[str, Any]:
+    """The `--method-option` pairs (and `--lmbda`) as settings; a key given twice is refused."""
+    options: dict[str, Any] = {}
+    for key, value in pairs:
+        if key in options:
+            raise ValueError(f"--method-option {key} is given twice; pass each option once.")
+        options[key] = value
+    if lmbda is not None:
+        if "lmbda" in options:
+            raise ValueError("--lmbda and --method-option lmbda=... are the same setting; pass one.")
+        options["lmbda"] = lmbda
+    return options
 
 
 def check_seed(seed: int) -> None:
@@ -135,11 +209,14 @@ def check_guidance_scale(guidance_scale: float) -> None:
 
 
 def check_lmbda(lmbda: float | None, method: str = "fk") -> None:
-    """Refuse a non-finite FK tilt (it would fail mid-run in the log-weights), and any `--lmbda` for best-of-N."""
+    """Refuse a non-finite tilt (it would fail mid-run in the log-weights), and `--lmbda` for a method without one."""
     if lmbda is None:
         return
-    if method == "bon":
-        raise ValueError("--lmbda is an FK setting; best-of-N has none. Drop --lmbda or pass --method fk.")
+    if method not in ("fk", "svdd"):
+        raise ValueError(
+            f"--lmbda is a setting of FK and SVDD; {METHOD_TITLES.get(method, method)} has none. Drop --lmbda or "
+            "pass --method fk."
+        )
     if not math.isfinite(lmbda):
         raise ValueError(f"--lmbda must be a finite number, got {lmbda:g}.")
 
@@ -293,7 +370,7 @@ def check_prompt(pipeline: Any, prompt: str) -> None:
 
 
 def generate(
-    pipeline: Any, prompt: str, reward: Any, method: FK | BestOfN, *, steps: int, guidance_scale: float, seed: int
+    pipeline: Any, prompt: str, reward: Any, method: Any, *, steps: int, guidance_scale: float, seed: int
 ) -> Any:
     """One steered generation: the pipeline's output (images, particles, rewards, ledger)."""
     generator = torch.Generator(pipeline.device).manual_seed(seed)
@@ -332,6 +409,13 @@ def verdicts(images: list[Any], prompt: str) -> list[dict[str, Any]] | str:
     return out
 
 
+def _plain_calls(cost: Any, steps: int) -> int:
+    """One plain sample's model calls, read back from a ledger (its rows over the rows per particle call)."""
+    if not (cost.model_rows and cost.particle_calls):
+        return steps
+    return round(cost.plain_model_rows * cost.particle_calls / cost.model_rows)
+
+
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
@@ -344,28 +428,32 @@ def summarize(
     model: str,
     reward_name: str,
     plan: BudgetPlan,
-    method: FK | BestOfN,
+    method: Any,
     guidance_scale: float,
     seed: int,
     judge: bool,
     reward_options: dict[str, Any] | None = None,
 ) -> dict[str, Any]:
     """The JSON summary of a run (everything but the file names)."""
-    ledger = {key: value for key, value in asdict(output.cost).items() if not key.startswith("_")}
+    cost = output.cost
+    ledger = cost.as_dict()
     selected = int(output.selected_indices[0, 0])
     summary: dict[str, Any] = {
         "prompt": prompt,
         "model": model,
         "reward": reward_name,
         "reward_options": dict(reward_options or {}),
-        "method": {"name": plan.method, "settings": asdict(method)},
+        "method": {"name": plan.method, "settings": method.settings()},
         "budget": {
             "requested": plan.budget,
-            "spent": plan.spent,
-            "num_particles": plan.num_particles,
+            "spent": ledger["cost"],
+            "spent_wall_time": ledger["wall_time_cost"],
+            "within": ledger["within_budget"],
+            "num_particles": method.num_particles,
             "steps": plan.steps,
-            "plain_denoiser_rows": ledger["model_rows"] // plan.num_particles,
-            "how": plan.describe(),
+            "plain_denoiser_rows": cost.plain_model_rows,
+            "rule": BUDGET_RULES[plan.method],
+            "how": describe_method(method, plan, _plain_calls(cost, plan.steps)),
         },
         "guidance_scale": guidance_scale,
         "seed": seed,

@@ -1,9 +1,12 @@
 """What a steered run returns: the particle population, its diagnostics, and what it cost."""
 
+import math
 import time
 from dataclasses import dataclass, field
 
 import torch
+
+from diffsteer.smc.weights import ess_rows
 
 
 @dataclass
@@ -20,6 +23,13 @@ class CostLedger:
         resampling_steps: steps at which the particles were resampled.
         wall_time_s: wall-clock seconds of the whole run.
         reward_time_s: wall-clock seconds spent inside the reward.
+        model_time_s: wall-clock seconds spent inside the denoiser (on a GPU, the time to queue its work unless the
+            model synchronises).
+        particle_calls: model calls counted per particle row (a classifier-free-guidance call on N particles counts
+            N here and 2N in `model_rows`).
+        num_groups: prompts (independent particle systems) of the run.
+        plain_model_rows: the denoiser rows of one plain sample at the same steps and guidance (the budget's unit).
+        budget: the budget the method was made for, in plain samples per prompt, or None.
     """
 
     model_calls: int = 0
@@ -31,6 +41,11 @@ class CostLedger:
     resampling_steps: int = 0
     wall_time_s: float = 0.0
     reward_time_s: float = 0.0
+    model_time_s: float = 0.0
+    particle_calls: int = 0
+    num_groups: int = 1
+    plain_model_rows: int = 0
+    budget: float | None = None
     _started: float = field(default_factory=time.perf_counter, repr=False, compare=False)
 
     def add_model(self, rows: int) -> None:
@@ -49,8 +64,38 @@ class CostLedger:
     def stop(self) -> None:
         self.wall_time_s = time.perf_counter() - self._started
 
-    def as_dict(self) -> dict[str, float]:
-        return {name: getattr(self, name) for name in self.__dataclass_fields__ if not name.startswith("_")}
+    @property
+    def cost(self) -> float:
+        """Denoiser rows spent per prompt, in plain samples (what a budget limits)."""
+        if not self.plain_model_rows:
+            return math.nan
+        return self.model_rows / (self.plain_model_rows * self.num_groups)
+
+    @property
+    def wall_time_cost(self) -> float:
+        """Wall time per prompt in plain samples: the run's wall time over a plain sample's denoiser time, estimated
+        from this run's own time per denoiser row. Unlike `cost`, it counts the rewards and decodes (the
+        verifier's cost), which can reverse a ranking made on denoiser calls alone."""
+        if not (self.plain_model_rows and self.model_rows and self.model_time_s > 0):
+            return math.nan
+        plain_seconds = self.model_time_s / self.model_rows * self.plain_model_rows
+        return self.wall_time_s / (plain_seconds * self.num_groups)
+
+    @property
+    def within_budget(self) -> bool | None:
+        """Whether the denoiser rows stayed within the budget (None without one)."""
+        if self.budget is None:
+            return None
+        return self.model_rows <= self.budget * self.plain_model_rows * self.num_groups + 1e-9
+
+    def as_dict(self) -> dict[str, float | None]:
+        values = {name: getattr(self, name) for name in self.__dataclass_fields__ if not name.startswith("_")}
+        derived = {"cost": self.cost, "wall_time_cost": self.wall_time_cost, "within_budget": self.within_budget}
+        # NaN (no plain sample to compare with) is not JSON: None says the same.
+        derived = {
+            key: None if isinstance(value, float) and math.isnan(value) else value for key, value in derived.items()
+        }
+        return {**values, **derived}
 
 
 @dataclass(frozen=True)
@@ -108,8 +153,9 @@ class SamplingResult:
 
     @property
     def ess(self) -> float:
-        """Effective sample size of the final weights."""
-        return float(1.0 / torch.exp(torch.logsumexp(2 * self.log_weights, dim=0)))
+        """Effective sample size of the final weights: exactly N for equal weights (1 / sum W^2 of the normalised
+        weights is N - 1e-14 there)."""
+        return float(ess_rows(self.log_weights))
 
     def origins(self) -> torch.Tensor:
         """Index of each final particle's initial particle (x_T), composed through every resampling step."""

@@ -1,20 +1,23 @@
 """The one sampling loop, for any model callable and diffusers scheduler (no pipeline needed)."""
 
-from collections.abc import Callable
+import time
 from typing import Any
 
 import torch
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from diffsteer.loop import run_steering
-from diffsteer.methods.fk import FK, BestOfN
+from diffsteer.loop import Reward, RunContext
+from diffsteer.methods.base import Method, check_method, run_method
 from diffsteer.outputs import CostLedger, SamplingResult
-from diffsteer.processes.scheduler_process import STOCHASTIC_MODES, Model, SchedulerProcess
+from diffsteer.processes.base import Model
+from diffsteer.processes.scheduler_process import STOCHASTIC_MODES, SchedulerProcess
 from diffsteer.smc.checks import check_callable, check_choice, check_int, check_type, describe
 
 
-Reward = Callable[[torch.Tensor], Any]
-Method = FK | BestOfN
+METHODS_ALLOWED = (
+    "a steering method such as diffsteer.FK(...), diffsteer.BestOfN(...), diffsteer.ZeroOrder(), diffsteer.Paths(), "
+    "diffsteer.SVDD(), diffsteer.RBF() or diffsteer.make_method(name, budget=..., num_inference_steps=...)"
+)
 
 
 def sample(
@@ -40,7 +43,8 @@ def sample(
             epsilon, v or the sample as `scheduler.config.prediction_type` says (velocity for flow matching).
         scheduler (`SchedulerMixin`): a diffusers scheduler; it is copied, never mutated.
         shape (`tuple[int, ...]`): shape of one sample.
-        method (`FK` or `BestOfN`): the steering method and its particle count.
+        method: the steering method (`FK`, `BestOfN`, `ZeroOrder`, `Paths`, `SVDD`, `RBF`, or
+            `diffsteer.make_method(name, budget=B, num_inference_steps=T)`).
         reward (`Callable[[Tensor], Tensor]`): scores a batch (N, *shape) of x0-hat (or final samples) with N
             rewards; higher is better. Rewards may be -inf (zero weight) but not NaN or +inf.
         num_inference_steps (`int`): solver steps.
@@ -57,7 +61,7 @@ def sample(
     Returns:
         [`~diffsteer.outputs.SamplingResult`]
     """
-    check_type("method", method, FK | BestOfN, "diffsteer.FK(...) or diffsteer.BestOfN(...)")
+    check_method(method, METHODS_ALLOWED)
     check_callable("model", model, "a callable model(sample, timestep) -> model_output")
     check_type("scheduler", scheduler, SchedulerMixin, "a diffusers scheduler (a SchedulerMixin)")
     check_callable("reward", reward, "a callable that scores a batch of samples, reward(x) -> scores")
@@ -89,9 +93,10 @@ def sample(
     # (torch.enable_grad), and any tensor the caller's model caches during the run; the speed it buys is small next
     # to a model call.
     with torch.no_grad():
-        run = run_steering(
-            process, method, reward, ledger, generator=generator, latents=latents, num_outputs=num_outputs
+        ctx = RunContext(
+            process, reward, reward, ledger, generator=generator, latents=latents, num_outputs=num_outputs
         )
+        run = run_method(method, ctx)
     selected_indices = run.selected_indices[0]
     return SamplingResult(
         samples=run.samples,
@@ -109,7 +114,10 @@ def sample(
 def _counting(model: Model, ledger: CostLedger) -> Model:
     def counted(sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
         ledger.add_model(sample.shape[0])
-        return model(sample, timestep)
+        started = time.perf_counter()
+        output = model(sample, timestep)
+        ledger.model_time_s += time.perf_counter() - started
+        return output
 
     return counted
 

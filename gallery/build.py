@@ -11,6 +11,7 @@ them without sampling (a full build samples 17 particles per prompt; on 2 CPU co
 import argparse
 import html
 import json
+import math
 import re
 from pathlib import Path
 from typing import Any
@@ -58,7 +59,7 @@ def main() -> None:
 
 def columns(budget: float) -> list[dict[str, Any]]:
     """Plain sampling (one sample), then best-of-N and FK steering at `budget`."""
-    particles = gen.plan_budget("fk", budget, None, 1).num_particles
+    particles = math.floor(budget)
     return [
         {"title": "plain sampling", "method": "bon", "budget": 1.0},
         {"title": f"best-of-{particles}", "method": "bon", "budget": budget},
@@ -93,7 +94,7 @@ def sample(args: argparse.Namespace) -> dict[str, Any]:
                 pipeline,
                 prompt,
                 reward,
-                gen.make_method(plan),
+                gen.build_method(plan),
                 steps=plan.steps,
                 guidance_scale=args.guidance_scale,
                 seed=args.seed,
@@ -126,7 +127,7 @@ def read_results(page: Path) -> dict[str, Any]:
 def settings_sentence(results: dict[str, Any]) -> str:
     """What the page compares, for people: model, steps, guidance, methods, budget, reward and FK's settings."""
     model = "the embedded shapes model" if results["model"] == gen.SHAPES_MODEL else f"the model {results['model']}"
-    particles = gen.plan_budget("fk", results["budget"], None, 1).num_particles
+    particles = math.floor(results["budget"])
     fk = results["fk_settings"]
     return (
         f"Images by {model}, {gen.plural(results['steps'], 'denoising step')} with classifier-free guidance "

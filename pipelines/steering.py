@@ -8,6 +8,7 @@ group per prompt, scores x0-hat through the VAE in chunks, and assembles a `Stee
 """
 
 import inspect
+import time
 from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
@@ -17,14 +18,14 @@ import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
-from diffsteer.loop import check_scores, run_steering
-from diffsteer.methods import FK, BestOfN
+from diffsteer.loop import RunContext, check_scores
+from diffsteer.methods.base import Method, check_method, run_method
 from diffsteer.outputs import CostLedger
 from diffsteer.pipelines.pipeline_output import SteeringPipelineOutput
 from diffsteer.processes.scheduler_process import STOCHASTIC_MODES, SchedulerProcess, Step
 from diffsteer.rewards import get_spec as get_reward_spec
 from diffsteer.rewards import load as load_reward
-from diffsteer.smc.checks import check_callable, check_choice, check_int, check_number, check_type
+from diffsteer.smc.checks import check_callable, check_choice, check_int, check_number
 from diffsteer.smc.particles import Particles
 
 
@@ -127,7 +128,7 @@ class SteeringMixin:
         self,
         *args: Any,
         reward: str | RewardFn | None = None,
-        method: FK | BestOfN | None = None,
+        method: Method | None = None,
         decode_batch_size: int = 8,
         stochastic: str = "auto",
         reward_decoder: Any | None = None,
@@ -140,11 +141,13 @@ class SteeringMixin:
                 default weights on the pipeline's device), a `diffsteer.rewards.Reward`, or any callable
                 `reward(images, prompts) -> N scores`, images float in [0, 1] of shape
                 (N, 3, H, W), higher is better.
-            method (`diffsteer.FK` or `diffsteer.BestOfN`, *optional*): `None` runs the parent pipeline unchanged.
-                With a method, `num_images_per_prompt=k` returns k images per prompt selected from that prompt's
-                `num_particles` particles (k may not exceed them), and an interrupt (`pipe._interrupt = True` in a
-                callback) stops the denoising loop as in the parent: the current particles are scored, selected and
-                decoded.
+            method (*optional*): `None` runs the parent pipeline unchanged. Otherwise a steering method:
+                `diffsteer.FK`, `BestOfN`, `ZeroOrder`, `Paths`, `SVDD`, `RBF`, or
+                `diffsteer.make_method(name, budget=B, num_inference_steps=T)`. With a method,
+                `num_images_per_prompt=k` returns k images per prompt selected from the `num_particles` samples the
+                method returns for that prompt (k may not exceed them), and an interrupt (`pipe._interrupt = True`
+                in a callback) stops the denoising loop as in the parent: the current particles are scored, selected
+                and decoded.
             decode_batch_size (`int`, defaults to 8): rows decoded and scored at a time.
             stochastic (`str`, defaults to `"auto"`): `"auto"` switches a deterministic scheduler (DDIM with
                 `eta=0`, ...) to its stochastic variant for FK and reports it in `changes`; `"require"` raises;
@@ -167,7 +170,7 @@ class SteeringMixin:
         args: tuple,
         kwargs: dict[str, Any],
         reward: str | RewardFn | None,
-        method: FK | BestOfN | None,
+        method: Method | None,
         decode_batch_size: int,
         stochastic: str,
         reward_decoder: Any | None = None,
@@ -175,7 +178,10 @@ class SteeringMixin:
         parent_call = self._steering_parent.__call__
         if method is None:
             if reward is not None:
-                raise ValueError("reward= is only used with a method=; pass method=diffsteer.FK(...) or BestOfN(...).")
+                raise ValueError(
+                    "reward= is only used with a method=; pass method=diffsteer.FK(...), BestOfN(...) or "
+                    "diffsteer.make_method(name, budget=..., num_inference_steps=...)."
+                )
             return parent_call(self, *args, **kwargs)
         call = inspect.signature(parent_call).bind(self, *args, **kwargs)
         call.apply_defaults()
@@ -198,7 +204,7 @@ class SteeringMixin:
         call: dict[str, Any],
         setup: FamilySetup,
         reward: RewardFn,
-        method: FK | BestOfN,
+        method: Method,
         decode_batch_size: int,
         stochastic: str,
         reward_decoder: Any | None,
@@ -207,20 +213,13 @@ class SteeringMixin:
         num_prompts = len(setup.prompts)
         if not method.requires_stochastic and stochastic == "auto":
             stochastic = "off"
-        scorer = _ChunkedScorer(setup, reward, method.num_particles, decode_batch_size, ledger)
-        scorer.vae = reward_decoder if reward_decoder is not None else self.vae
-
-        def finishing() -> None:
-            scorer.vae = self.vae  # the final reward and the particles' images use the full VAE
-            scorer.keep_decoded = call["output_type"] != "latent"
-
-        def interrupted() -> bool:
-            if self.interrupt:
-                finishing()
-            return self.interrupt
-
+        progress: dict[str, Any] = {"bar": None}  # a search's bar counts particle model calls (see below)
+        scorer = _ChunkedScorer(setup, reward, num_prompts, decode_batch_size, ledger)
+        scorer.intermediate_vae = reward_decoder if reward_decoder is not None else self.vae
+        scorer.vae = self.vae  # the final reward and the images use the full VAE
+        scorer.keep_decoded = call["output_type"] != "latent"
         process = SchedulerProcess(
-            setup.model,
+            _timed(setup.model, ledger, progress),
             self.scheduler,
             shape=tuple(setup.latents.shape[1:]),
             num_inference_steps=call["num_inference_steps"],
@@ -229,38 +228,41 @@ class SteeringMixin:
             device=setup.latents.device,
             dtype=setup.latents.dtype,
             timesteps_kwargs=setup.timesteps_kwargs,
-            interrupt=interrupted,
+            interrupt=lambda: self.interrupt,
         )
-        num_calls = len(process.scheduler.timesteps)
+        num_calls = process.num_model_calls
         self._num_timesteps = num_calls
-        with self.progress_bar(total=num_calls) as progress_bar:
-            callback = self._steering_callback(call, progress_bar)
-
-            def on_step_end(step: Step, particles: Particles) -> None:
-                callback(step, particles)
-                if step.index == num_calls - 1:
-                    finishing()
-
-            run = run_steering(
+        # A method that makes a plain run's transitions (FK, best-of-N) counts steps, as the parent's bar does; the
+        # searches make a varying number of transitions, so their bar counts particle model calls against the
+        # method's plan (rollover budget forcing may finish under it).
+        passes = method.model_passes(process.num_inference_steps, num_calls)
+        plain_like = passes == method.num_particles * num_calls
+        with self.progress_bar(total=num_calls if plain_like else passes * num_prompts) as progress_bar:
+            if not plain_like:
+                progress["bar"] = progress_bar
+            ctx = RunContext(
                 process,
-                method,
-                scorer,
+                scorer.score_x0_hat,
+                scorer.score_final,
                 ledger,
                 num_groups=num_prompts,
                 generator=call["generator"],
                 latents=setup.latents,
                 conditioning=setup.conditioning,
                 num_outputs=call["num_images_per_prompt"],
-                on_step_end=on_step_end,
+                on_step_end=self._steering_callback(call, progress_bar, plain_like),
             )
+            run = run_method(method, ctx)
         output_type = call["output_type"]
         selected = run.selected_indices.flatten()
         if output_type == "latent":
             images, particles, nsfw = _take(run.samples, selected), run.samples, None
         else:
             # The final reward decoded every particle with the full VAE, and every particle goes through the
-            # parent's postprocessing (its safety checker included): the images are those particles, made once.
-            particles, particle_nsfw = self._steering_postprocess(scorer.decoded, output_type)
+            # parent's postprocessing (its safety checker included): the images are those particles, made once. A
+            # search returns the best samples of several rounds, which are decoded again.
+            decoded = scorer.decoded if scorer.last_final is run.samples else scorer.decode(run.samples)
+            particles, particle_nsfw = self._steering_postprocess(decoded, output_type)
             images = _take(particles, selected)
             nsfw = None if particle_nsfw is None else [particle_nsfw[int(i)] for i in selected]
         self.maybe_free_model_hooks()
@@ -296,7 +298,9 @@ class SteeringMixin:
         denormalize = [True] * images.shape[0] if nsfw is None else [not flagged for flagged in nsfw]
         return self.image_processor.postprocess(images, output_type=output_type, do_denormalize=denormalize), nsfw
 
-    def _steering_callback(self, call: dict[str, Any], progress_bar: Any) -> Callable[[Step, Particles], None]:
+    def _steering_callback(
+        self, call: dict[str, Any], progress_bar: Any, progress_counts_steps: bool = True
+    ) -> Callable[[Step, Particles], None]:
         """Progress, and the parent's `callback_on_step_end` with the particles' tensors laid out as the parent lays
         out its own (see `_callback_tensors`)."""
         callback = call.get("callback_on_step_end")
@@ -309,7 +313,8 @@ class SteeringMixin:
                 tensors = self._callback_tensors(particles, names)
                 outputs = callback(self, step.index, step.timestep, tensors)
                 self._apply_callback_outputs(particles, outputs)
-            progress_bar.update()
+            if progress_counts_steps:
+                progress_bar.update()
 
         return on_step_end
 
@@ -379,44 +384,89 @@ def _take(images: Any, indices: torch.Tensor) -> Any:
     return images.index_select(0, indices.to(images.device))
 
 
-class _ChunkedScorer:
-    """The loop's reward: decodes latents through the VAE and scores them, `decode_batch_size` rows at a time, so
-    memory beyond the latents grows with the chunk, not with the number of particles.
+def _timed(
+    model: Callable[..., torch.Tensor], ledger: CostLedger, progress: dict[str, Any]
+) -> Callable[..., torch.Tensor]:
+    """The family's denoiser, with the time spent inside it added to the ledger (and its particle rows to the
+    progress bar, where the bar counts them)."""
 
-    Only the final call keeps its decoded images (`keep_decoded`, set by the engine): they are the output images, so
-    the selected particles are not decoded a second time.
+    def timed(sample: torch.Tensor, *args: Any, **kwargs: Any) -> torch.Tensor:
+        started = time.perf_counter()
+        output = model(sample, *args, **kwargs)
+        ledger.model_time_s += time.perf_counter() - started
+        if progress["bar"] is not None:
+            progress["bar"].update(sample.shape[0])
+        return output
+
+    return timed
+
+
+class _ChunkedScorer:
+    """The run's rewards: decode latents through a VAE and score them, `decode_batch_size` rows at a time, so memory
+    beyond the latents grows with the chunk, not with the number of particles.
+
+    `score_x0_hat` decodes with `intermediate_vae` (a cheaper `reward_decoder`, if given); `score_final` with the
+    full VAE, and it keeps its decoded images (`keep_decoded`) with the latents they came from (`last_final`): they
+    are the output images, so the selected particles are not decoded a second time.
     """
 
     def __init__(
         self,
         setup: FamilySetup,
         reward: RewardFn,
-        num_particles: int,
+        num_groups: int,
         decode_batch_size: int,
         ledger: CostLedger,
     ) -> None:
-        self.setup, self.reward, self.num_particles = setup, reward, num_particles
+        self.setup, self.reward, self.num_groups = setup, reward, num_groups
         self.decode_batch_size, self.ledger = decode_batch_size, ledger
         # The name errors use: the loop names the reward it calls, which is this scorer.
         self.__name__ = getattr(reward, "__name__", type(reward).__name__)
-        self.vae: Any = None  # set by the engine: the decoder of the next call
+        self.vae: Any = None  # the full VAE (set by the engine)
+        self.intermediate_vae: Any = None
         self.keep_decoded = False
         self.decoded: torch.Tensor | None = None
+        self.last_final: torch.Tensor | None = None
 
-    def __call__(self, latents: torch.Tensor) -> torch.Tensor:
-        # A batch-relative reward (a rank ensemble) must see one prompt's particles together: decode them in chunks,
-        # then score the group at once. Any other reward scores each chunk as it is decoded.
+    def score_x0_hat(self, latents: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+        return self._scores(latents, self.intermediate_vae, keep=False, groups=groups)
+
+    def score_final(self, latents: torch.Tensor, groups: torch.Tensor | None = None) -> torch.Tensor:
+        scores = self._scores(latents, self.vae, keep=self.keep_decoded, groups=groups)
+        self.last_final = latents
+        return scores
+
+    # The drivers pass each row's group (prompt) where a batch is not made of equal blocks per group (rollover
+    # budget forcing tries only the chains still trying). Set on the functions: the drivers hold bound methods.
+    score_x0_hat.takes_row_groups = True  # type: ignore[attr-defined]
+    score_final.takes_row_groups = True  # type: ignore[attr-defined]
+
+    def decode(self, latents: torch.Tensor) -> torch.Tensor:
+        """Images of `latents` through the full VAE, in chunks (counted in the ledger)."""
+        images = []
+        for start in range(0, latents.shape[0], self.decode_batch_size):
+            chunk = latents[start : start + self.decode_batch_size]
+            images.append(self.setup.decode(chunk, self.vae))
+            self.ledger.add_decode(chunk.shape[0])
+        return _cat(images)
+
+    def _scores(self, latents: torch.Tensor, vae: Any, keep: bool, groups: torch.Tensor | None) -> torch.Tensor:
+        if groups is None:  # equal contiguous blocks, one per group
+            groups = torch.arange(self.num_groups).repeat_interleave(latents.shape[0] // self.num_groups)
+        self.row_groups = groups.tolist()
+        # A batch-relative reward (a rank ensemble) must see one prompt's rows together: decode them in chunks, then
+        # score the group at once. Any other reward scores each chunk as it is decoded.
         batch_relative = getattr(self.reward, "batch_relative", False)
-        span = self.num_particles if batch_relative else latents.shape[0]
+        spans = _runs(self.row_groups) if batch_relative else [(0, latents.shape[0])]
         scores: list[torch.Tensor] = []
         decoded: list[torch.Tensor] = []
-        for group_start in range(0, latents.shape[0], span):
+        for group_start, group_stop in spans:
             pending: list[torch.Tensor] = []
-            for start in range(group_start, group_start + span, self.decode_batch_size):
-                chunk = latents[start : min(start + self.decode_batch_size, group_start + span)]
-                images = self.setup.decode(chunk, self.vae)
+            for start in range(group_start, group_stop, self.decode_batch_size):
+                chunk = latents[start : min(start + self.decode_batch_size, group_stop)]
+                images = self.setup.decode(chunk, vae)
                 self.ledger.add_decode(chunk.shape[0])
-                if self.keep_decoded:
+                if keep:
                     decoded.append(images)
                 if batch_relative:
                     pending.append(images)
@@ -424,13 +474,14 @@ class _ChunkedScorer:
                     scores.append(self._score(images, latents, start))
             if pending:
                 scores.append(self._score(torch.cat(pending), latents, group_start))
-        self.decoded = _cat(decoded) if decoded else None
+        if keep:
+            self.decoded = _cat(decoded)
         return _cat(scores)
 
     def _score(self, images: torch.Tensor, latents: torch.Tensor, start: int) -> torch.Tensor:
         """Score decoded rows `start ...` (of `latents`) against their prompts; one score per image, checked as the
         core API checks rewards ((N,) or (N, 1), finite or -inf)."""
-        prompts = [self.setup.prompts[row // self.num_particles] for row in range(start, start + images.shape[0])]
+        prompts = [self.setup.prompts[self.row_groups[row]] for row in range(start, start + images.shape[0])]
         scores = self.reward((images / 2 + 0.5).clamp(0, 1), prompts)
         try:
             checked = check_scores(scores, images.shape[0], f"reward {self.__name__!r}", item="image", first_row=start)
@@ -447,6 +498,16 @@ class _ChunkedScorer:
         return checked.cpu()
 
 
+def _runs(groups: list[int]) -> list[tuple[int, int]]:
+    """(start, stop) of each run of equal consecutive values."""
+    runs, start = [], 0
+    for index in range(1, len(groups) + 1):
+        if index == len(groups) or groups[index] != groups[start]:
+            runs.append((start, index))
+            start = index
+    return runs
+
+
 def refuse_with_a_method(call: dict[str, Any], names: Sequence[str], what: str) -> None:
     """Raise for parent arguments that steering does not support yet, naming them and the way out."""
     given = [name for name in names if call.get(name) is not None]
@@ -458,7 +519,11 @@ def _check_steering_inputs(
     call: dict[str, Any], reward: Any, method: Any, decode_batch_size: Any, stochastic: Any
 ) -> None:
     """The steering arguments, and the parent arguments whose meaning a method changes, checked before any work."""
-    check_type("method", method, FK | BestOfN, "diffsteer.FK(...), diffsteer.BestOfN(...) or None")
+    check_method(
+        method,
+        "a steering method (diffsteer.FK(...), BestOfN(...), ZeroOrder(), Paths(), SVDD(), RBF(), or "
+        "diffsteer.make_method(name, budget=..., num_inference_steps=...)) or None",
+    )
     if isinstance(reward, str):
         get_reward_spec(reward)  # an unknown name fails here, before any model is built
     else:
@@ -482,7 +547,7 @@ def _check_steering_inputs(
     if per_prompt > method.num_particles:
         raise ValueError(
             f"num_images_per_prompt={per_prompt} exceeds the method's num_particles={method.num_particles}: each "
-            "prompt's images are selected from its particles, so raise num_particles."
+            "prompt's images are selected from the samples the method returns for it, so raise its particle count."
         )
     call["num_images_per_prompt"] = per_prompt
     if "guidance_scale" in call:

@@ -310,3 +310,25 @@ def test_best_of_one_matches_a_parent_that_fixed_an_old_scheduler_config():
     expected = first(parent(**inputs(family)))
     out = pipe(**inputs(family), method=diffsteer.BestOfN(1), reward=redness)
     assert isinstance(out, SteeringPipelineOutput) and torch.equal(out.images, expected)
+
+
+@pytest.mark.parametrize("name", ["zero-order", "paths", "svdd", "rbf"])
+def test_every_search_method_runs_in_every_family_within_its_budget(family, pipe, name):
+    """Two prompts, two images each, from a method made for a budget of 3 plain samples: the images, the
+    population and the ledger come back as with FK, and the denoiser rows stay within the budget (a guided call
+    counts its rows)."""
+    steps = family.call["num_inference_steps"]
+    settings = {"num_neighbors": 1} if name == "zero-order" else {"num_chains": 2} if name in ("svdd", "rbf") else {}
+    if name == "paths":
+        settings = {"num_paths": 2, "num_branches": 2}
+    budget = 6.0 if name in ("svdd", "rbf") else 3.0
+    method = diffsteer.make_method(name, budget=budget, num_inference_steps=steps, **settings)
+    output = pipe(
+        **inputs(family, prompt=[PROMPT, "a blue dog"], num_images_per_prompt=2), method=method, reward=redness
+    )
+    assert isinstance(output, SteeringPipelineOutput)
+    assert output.images.shape[0] == 4 and output.rewards.shape == (2, method.num_particles)
+    assert output.cost.within_budget and output.cost.num_groups == 2
+    assert output.cost.plain_model_rows == steps * family.rows_per_particle
+    # The images are the selected samples, each group's best first.
+    assert torch.equal(output.selected_indices[:, 0], torch.arange(2) * method.num_particles)

@@ -20,7 +20,7 @@ import diffsteer.output_folder as output_folder
 import diffsteer.rewards
 import diffsteer.worlds.shapes as shapes
 from diffsteer.cli import main
-from diffsteer.generate import plan_budget
+from diffsteer.generate import build_method, describe_method, plan_budget
 from diffsteer.worlds.shapes import components
 
 
@@ -108,20 +108,29 @@ def one_error_line(err: str) -> str:
 
 
 def test_budget_turns_into_particles():
-    assert plan_budget("fk", 8, None, 25).num_particles == 8
-    assert plan_budget("bon", 4.7, None, 25).num_particles == 4
+    def particles(*args):
+        return build_method(plan_budget(*args)).num_particles
+
+    def described(*args):
+        plan = plan_budget(*args)
+        return describe_method(build_method(plan), plan)
+
+    assert particles("fk", 8, None, 25) == 8
+    assert particles("bon", 4.7, None, 25) == 4
     assert plan_budget("fk", None, 3, 10).budget == 3
-    assert plan_budget("fk", None, None, 10).num_particles == 4  # the default budget
-    assert "8 particles x 25 steps = 8x" in plan_budget("fk", 8, None, 25).describe()
-    assert "with 1 particle x 1 step = 1x" in plan_budget("bon", 1, None, 1).describe()
-    assert plan_budget("fk", 4096, None, 25).num_particles == 4096  # the cap itself is allowed
-    assert plan_budget("fk", 5000, None, 25, max_particles=5000).num_particles == 5000
+    assert particles("fk", None, 3, 10) == 3
+    assert particles("fk", None, None, 10) == 4  # the default budget
+    assert "8 particles x 25 steps = 8x" in described("fk", 8, None, 25)
+    assert "with 1 particle x 1 step = 1x" in described("bon", 1, None, 1)
+    assert particles("fk", 4096, None, 25) == 4096  # the cap itself is allowed
+    assert particles("fk", 5000, None, 25, 5000) == 5000
     for args, fragment in [
         (("fk", 0.5, None, 25), "--budget must be at least 1"),
         (("fk", 2, 3, 25), "raise --budget to 3"),
         (("fk", 4, 0, 25), "--particles must be at least 1"),
         (("fk", 4, None, 0), "--steps must be at least 1"),
-        (("beam", 4, None, 25), "--method must be one of fk, bon"),
+        (("beam", 4, None, 25), "--method must be one of bon, fk, zero-order, paths, svdd, rbf"),
+        (("svdd", 4, 2, 25), "--particles is a count of best-of-N and FK; svdd turns --budget"),
         (("fk", 4097, None, 25), "--budget 4097 asks for 4097 particles, over the cap of 4096"),
         (("fk", None, 4097, 25), "--particles asks for 4097 particles"),
         (("fk", 4, None, 25, 0), "--max-particles must be at least 1"),
@@ -154,6 +163,33 @@ def test_generate_writes_images_and_a_summary(embedded, tmp_path, capsys, method
 
 
 @pytest.mark.parametrize(
+    "method, budget, settings",
+    [
+        ("zero-order", "3", {"num_rounds": 1, "num_neighbors": 2}),
+        ("paths", "6", {"num_paths": 2, "num_branches": 2}),  # 3 steps: the search starts at the end, no hop
+        ("svdd", "2", {"num_children": 2, "num_chains": 1}),
+        ("rbf", "2", {"quota": 2, "num_chains": 1, "init_particles": 2}),
+    ],
+)
+def test_every_search_method_runs_from_the_cli_within_its_budget(embedded, tmp_path, capsys, method, budget, settings):
+    out = tmp_path / "out"
+    argv = ["generate", "a red circle", "--method", method, "--budget", budget, "--steps", "3"]
+    assert main([*argv, "--reward", "shapes-eval", "--out", str(out)]) == 0
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["method"]["name"] == method
+    assert {key: summary["method"]["settings"][key] for key in settings} == settings
+    budget_summary = summary["budget"]
+    assert budget_summary["within"] is True and budget_summary["requested"] == float(budget)
+    # 3 steps of a guided call on 2 rows per particle: a plain sample is 6 rows.
+    assert budget_summary["plain_denoiser_rows"] == 6
+    assert summary["ledger"]["model_rows"] <= float(budget) * 6
+    assert budget_summary["spent"] == summary["ledger"]["model_rows"] / 6
+    assert budget_summary["spent_wall_time"] > 0
+    assert (out / "image.png").is_file()
+    assert f"budget {budget} -> " in capsys.readouterr().err
+
+
+@pytest.mark.parametrize(
     "argv, fragment",
     [
         (["--reward", "nope"], "Unknown reward 'nope'"),
@@ -170,7 +206,12 @@ def test_generate_writes_images_and_a_summary(embedded, tmp_path, capsys, method
         (["--guidance-scale", "-1"], "--guidance-scale must be a finite number >= 0"),
         (["--lmbda", "nan"], "--lmbda must be a finite number, got nan"),
         (["--lmbda", "inf"], "--lmbda must be a finite number, got inf"),
-        (["--lmbda", "1", "--method", "bon"], "--lmbda is an FK setting; best-of-N has none"),
+        (["--lmbda", "1", "--method", "bon"], "--lmbda is a setting of FK and SVDD; best-of-N has none"),
+        (["--method", "zero-order", "--budget", "2"], "budget 2 is too small for zero-order search"),
+        (["--method", "svdd", "--method-option", "num_children=3"], "num_children is what the budget decides"),
+        (["--method", "svdd", "--method-option", "radius=1"], "--method-option radius: svdd takes"),
+        (["--method-option", "lmbda"], "argument --method-option: expected KEY=JSON"),
+        (["--method-option", "lmbda=2", "--lmbda", "2"], "--lmbda and --method-option lmbda=... are the same"),
         (["--seed", "99999999999999999999999"], "--seed must be between 0 and 2**64 - 1"),
         (["--seed", str(2**64)], "--seed must be between 0 and 2**64 - 1"),
         (["--seed", "-1"], "--seed must be between 0 and 2**64 - 1"),

@@ -245,7 +245,7 @@ def test_bad_input_is_a_clear_error(pipe, CALL, kwargs, message):
 
 
 def test_a_wrong_type_is_a_type_error(pipe, CALL):
-    with pytest.raises(TypeError, match=r"method must be diffsteer\.FK"):
+    with pytest.raises(TypeError, match=r"method must be a steering method"):
         pipe(PROMPTS, generator=torch.Generator().manual_seed(0), reward=redness, method="fk", **CALL)
 
 

@@ -1,11 +1,15 @@
 """Feynman-Kac steering (Singhal, Horvitz et al., 2025) and best-of-N."""
 
-from dataclasses import dataclass
-from typing import Any
+from dataclasses import dataclass, field
+from typing import TYPE_CHECKING, Any
 
 from diffsteer.smc.checks import check_choice, check_int, check_number, check_type
 from diffsteer.smc.potentials import Lambda, Potential
 from diffsteer.smc.resampling import get_resampling_scheme
+
+
+if TYPE_CHECKING:
+    from diffsteer.loop import RunContext, SteeringRun
 
 
 SELECT_MODES = ("best", "sample")
@@ -36,6 +40,8 @@ class FK:
         stop (`int`, *optional*): no potentials from this full step on (defaults to the number of steps).
         select (`str`, defaults to `"best"`): `"best"` returns the particles with the highest final reward;
             `"sample"` draws from the final weights (the statistically faithful sample of the tilted target).
+        budget (`float`, *optional*): the budget `diffsteer.make_method` built it for, in plain samples (recorded in
+            the ledger; not part of the settings).
 
     Integers may be Python or numpy integers (not bools); numbers may be Python or numpy numbers.
 
@@ -53,8 +59,11 @@ class FK:
     start: int = 0
     stop: int | None = None
     select: str = "best"
+    budget: float | None = field(default=None, compare=False)
 
+    name = "fk"
     requires_stochastic = True
+    takes_generator_lists = True
 
     def __post_init__(self) -> None:
         _set(self, "num_particles", _check_num_particles(self.num_particles))
@@ -94,18 +103,51 @@ class FK:
     def should_resample(self, ess: float, num_particles: int) -> bool:
         return self.ess_threshold is None or ess < self.ess_threshold * num_particles
 
+    def run(self, ctx: "RunContext") -> "SteeringRun":
+        """The SMC driver (`diffsteer.loop.run_steering`) with this method."""
+        from diffsteer.loop import run_steering
+
+        return run_steering(
+            ctx.process,
+            self,
+            ctx.reward,
+            ctx.ledger,
+            num_groups=ctx.num_groups,
+            generator=ctx.generator,
+            latents=ctx.latents,
+            conditioning=ctx.conditioning,
+            num_outputs=ctx.num_outputs,
+            on_step_end=ctx.on_step_end,
+            final_reward=ctx.final_reward,
+        )
+
+    def model_passes(self, num_inference_steps: int, num_model_calls: int) -> int:
+        """Particle-model calls per group: every particle makes a plain run's calls."""
+        return self.num_particles * num_model_calls
+
+    def settings(self) -> dict[str, Any]:
+        from diffsteer.methods.base import settings_of
+
+        return settings_of(self)
+
 
 @dataclass(frozen=True)
 class BestOfN:
     """Best-of-N: N independent plain samples, the highest final reward wins.
 
+    Random search over initial noises, in the terms of Ma et al. (2025).
+
     Args:
         num_particles (`int`): the number of independent samples N.
+        budget (`float`, *optional*): the budget `diffsteer.make_method` built it for, in plain samples.
     """
 
     num_particles: int
+    budget: float | None = field(default=None, compare=False)
 
+    name = "bon"
     requires_stochastic = False
+    takes_generator_lists = True
     select = "best"
 
     def __post_init__(self) -> None:
@@ -119,6 +161,33 @@ class BestOfN:
 
     def should_resample(self, ess: float, num_particles: int) -> bool:
         return False
+
+    def run(self, ctx: "RunContext") -> "SteeringRun":
+        """The SMC driver (`diffsteer.loop.run_steering`) with this method."""
+        from diffsteer.loop import run_steering
+
+        return run_steering(
+            ctx.process,
+            self,
+            ctx.reward,
+            ctx.ledger,
+            num_groups=ctx.num_groups,
+            generator=ctx.generator,
+            latents=ctx.latents,
+            conditioning=ctx.conditioning,
+            num_outputs=ctx.num_outputs,
+            on_step_end=ctx.on_step_end,
+            final_reward=ctx.final_reward,
+        )
+
+    def model_passes(self, num_inference_steps: int, num_model_calls: int) -> int:
+        """Particle-model calls per group: every particle makes a plain run's calls."""
+        return self.num_particles * num_model_calls
+
+    def settings(self) -> dict[str, Any]:
+        from diffsteer.methods.base import settings_of
+
+        return settings_of(self)
 
 
 def _check_num_particles(num_particles: Any) -> int:
