@@ -403,13 +403,22 @@ def _select(
     group: str,
 ) -> torch.Tensor:
     if method.select == "sample":
+        # Independent draws from the weighted population, with replacement: the faithful sample of the tilted
+        # target, in which a heavy particle can be drawn more than once (select="best" gives distinct particles).
         return multinomial(log_weights, num_outputs, generator).cpu()
     # Particles of zero weight are out of the population, whatever their reward.
     eligible = torch.where(torch.isneginf(log_weights), -math.inf, rewards).cpu()
-    if torch.isneginf(eligible).all():
+    allowed = int((~torch.isneginf(eligible)).sum())
+    if allowed == 0:
         raise ValueError(
             f"Every particle{group} has a final reward of -inf (or zero weight), so there is nothing to select: a "
             "reward of -inf forbids a sample. Check the reward, or what it forbids."
+        )
+    if allowed < num_outputs:
+        raise ValueError(
+            f"Only {allowed} of the particles{group} have a finite final reward and a non-zero weight, fewer than the "
+            f"{num_outputs} outputs asked for; the others were forbidden (a reward of -inf) and are never returned. "
+            "Ask for fewer outputs, or run more particles."
         )
     return torch.topk(eligible, num_outputs, sorted=True).indices
 

@@ -210,3 +210,38 @@ def test_noise_searches_are_as_good_as_best_of_16_within_noise(reached, name):
 def test_every_method_beats_plain_sampling(reached, name):
     gain, se = difference(reached, name, "plain")
     assert gain > 3 * se, (gain, se)
+
+
+def test_select_best_never_returns_a_forbidden_particle():
+    """With 2 of 4 particles forbidden (reward -inf), asking for 3 outputs is refused rather than returning one of
+    them; 2 outputs are the 2 allowed particles."""
+
+    def forbid_negative(x: torch.Tensor) -> torch.Tensor:
+        return torch.where(x[:, 0] > 0, x[:, 0].double(), -math.inf)
+
+    latents = torch.tensor([[1.0, 0.0], [-1.0, 0.0], [2.0, 0.0], [-2.0, 0.0]])
+    # The potential only at step 0 and the final correction, and no resampling (the ESS never falls below 0.04).
+    method = diffsteer.FK(4, lmbda=1.0, interval=100, ess_threshold=0.01)
+
+    def model(sample, timestep):
+        return torch.zeros_like(sample)
+
+    common = {
+        "steps": 2,
+        "model": model,
+        "reward": forbid_negative,
+        "latents": latents,
+        "stochastic": "off",
+        "scheduler": DDIMScheduler(clip_sample=False),  # deterministic: the signs stay, so 2 stay allowed
+    }
+    with pytest.raises(ValueError, match="Only 2 of the particles have a finite final reward"):
+        run(method, num_outputs=3, **common)
+    result = run(method, num_outputs=2, **common)
+    assert sorted(result.selected_indices.tolist()) == [0, 2]
+
+
+def test_select_sample_draws_with_replacement_as_documented():
+    """One particle holds nearly all the weight: several outputs drawn from the weights repeat it."""
+    method = diffsteer.FK(4, lmbda=50.0, interval=100, select="sample")
+    result = run(method, num_outputs=3, steps=2)
+    assert result.selected_indices.unique().numel() < 3

@@ -38,8 +38,10 @@ class FK:
         interval (`int`, defaults to `1`): evaluate the reward every `interval` full steps.
         start (`int`, defaults to `0`): first full step with a potential.
         stop (`int`, *optional*): no potentials from this full step on (defaults to the number of steps).
-        select (`str`, defaults to `"best"`): `"best"` returns the particles with the highest final reward;
-            `"sample"` draws from the final weights (the statistically faithful sample of the tilted target).
+        select (`str`, defaults to `"best"`): `"best"` returns the distinct particles with the highest final
+            reward (never one of zero weight: asking for more outputs than there are allowed particles is refused);
+            `"sample"` draws from the final weights with replacement (the statistically faithful sample of the tilted
+            target), so with several outputs a heavy particle can be returned more than once.
         budget (`float`, *optional*): the budget `diffsteer.make_method` built it for, in plain samples (recorded in
             the ledger; not part of the settings).
 
