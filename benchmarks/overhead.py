@@ -24,6 +24,17 @@ DDPM.
 
     python benchmarks/overhead.py [--particles 256] [--steps 50] [--repeats 5] [--threads 2]
     python benchmarks/overhead.py --null [--config sd|mlp] [--null-repeats 21] [--repeats 3] [--reference PATH]
+        [--search-budget 16] [--search-methods zero-order paths svdd rbf]
+
+The search drivers' machinery (with `--null`, both configurations): zero-order search, search over paths, SVDD and
+rollover budget forcing, each made by `make_method(name, budget=--search-budget)` (16 by default, above every
+method's minimum at 50 steps), run by `diffsteer.sample` with the null model and reward. With a null reward no try
+of rollover budget forcing improves, so it spends its whole quota: its rows are exactly B plain samples. Each run's
+model calls are recorded once (rows per call) and replayed by the plain sampler: consecutive calls of the same rows
+become plain loops of at most `--steps` steps, so the plain arm makes the same calls with the same rows. The
+machinery is the paired difference, per particle model call (the ledger's `particle_calls`: a call on N rows counts
+N), and as a share of plain sampling with the real denoiser at the same particle calls (priced at the real plain
+run's time per particle call). FK and best-of-N are given per particle call too, for comparison.
 
 With `--reference PATH` the public FK-steering reference (see benchmarks/reference_fk.py) runs the pipeline
 comparison with the same nulls, so its machinery is measured the same way. Every figure is given in wall time and
@@ -63,6 +74,8 @@ from reference_fk import fk_args, load_reference, quiet
 
 Model = Callable[[torch.Tensor, torch.Tensor], torch.Tensor]
 PROMPT = "a photo of a red cat"
+REAL_PLAIN = "the plain sampler with the real denoiser"
+SEARCH_METHODS = ("zero-order", "paths", "svdd", "rbf")  # the search drivers' methods measured with --null
 
 
 class MLPDenoiser(torch.nn.Module):
@@ -269,16 +282,133 @@ def null_mode(args: argparse.Namespace) -> None:
         f"  plain sampler, real denoiser       wall {spread(real['wall']['plain sampler, real denoiser'])}; "
         f"cpu {spread(real['cpu']['plain sampler, real denoiser'])}"
     )
-    denominators = {"the plain sampler with the real denoiser": medians(real, "plain sampler, real denoiser")}
+    denominators = {REAL_PLAIN: medians(real, "plain sampler, real denoiser")}
     null_arms = {"plain sampler, null model": plain(null_model)}
     null_arms.update({f"diffsteer.sample {name}": steered(method) for name, method in methods.items()})
     times = new_clocks()
     interleave(null_arms, args.null_repeats, times)
     if args.config == "sd":
         pipeline_mode(args, parent, n, times, denominators)
-        return
-    print("  sampling loop (diffsteer.sample vs the plain sampler, both with the null model):")
-    report_machinery(times, "plain sampler, null model", steps, denominators, indent="    ")
+    else:
+        print("  sampling loop (diffsteer.sample vs the plain sampler, both with the null model):")
+        report_machinery(times, "plain sampler, null model", steps, denominators, indent="    ")
+    real_per_call = {clock: seconds / (n * steps) for clock, seconds in denominators[REAL_PLAIN].items()}
+    search_mode(args, scheduler, shape, step_kwargs, n, times, real_per_call)
+
+
+def recorded_calls(
+    method: Any, scheduler: SchedulerMixin, shape: tuple[int, ...], steps: int, step_kwargs: dict[str, Any]
+) -> tuple[list[int], Any]:
+    """The rows of every model call of `method`'s run with the null model and reward, and the run's ledger."""
+    rows: list[int] = []
+
+    def recording(sample: torch.Tensor, timestep: torch.Tensor) -> torch.Tensor:
+        rows.append(sample.shape[0])
+        return torch.zeros_like(sample)
+
+    result = diffsteer.sample(
+        recording,
+        scheduler,
+        shape=shape,
+        method=method,
+        reward=null_reward,
+        num_inference_steps=steps,
+        generator=torch.Generator().manual_seed(0),
+        step_kwargs=step_kwargs,
+    )
+    return rows, result.cost
+
+
+def plain_loops(rows: list[int], steps: int) -> list[tuple[int, int]]:
+    """(samples, steps) of plain loops that make the calls `rows` records: consecutive calls of the same rows, in
+    loops of at most `steps` steps."""
+    loops: list[tuple[int, int]] = []
+    for count in rows:
+        if loops and loops[-1][0] == count and loops[-1][1] < steps:
+            loops[-1] = (count, loops[-1][1] + 1)
+        else:
+            loops.append((count, 1))
+    return loops
+
+
+def search_mode(
+    args: argparse.Namespace,
+    scheduler: SchedulerMixin,
+    shape: tuple[int, ...],
+    step_kwargs: dict[str, Any],
+    n: int,
+    loop_times: dict[str, dict[str, list[float]]],
+    real_per_call: dict[str, float],
+) -> None:
+    """The search drivers' machinery per particle model call, each against the plain sampler making its calls."""
+    steps, budget = args.steps, args.search_budget
+    plain_scheduler = type(scheduler).from_config(scheduler.config)
+    arms: dict[str, Callable[[int], Any]] = {}
+    pairs: dict[str, tuple[str, int, int]] = {}  # steered arm -> (its plain arm, particle calls, model calls)
+    print(
+        f"  search drivers at budget {budget:g} (diffsteer.sample vs the plain sampler making the same calls, both "
+        "with the null model and reward):"
+    )
+    for name in args.search_methods:
+        method = diffsteer.make_method(name, budget=budget, num_inference_steps=steps)
+        rows, ledger = recorded_calls(method, scheduler, shape, steps, step_kwargs)
+        loops = plain_loops(rows, steps)
+        print(
+            f"    {name}: {method.settings()}; {ledger.model_calls} model calls, {ledger.model_rows} rows = "
+            f"{ledger.cost:g} plain samples (budget {budget:g}), {ledger.particle_calls} particle calls, "
+            f"{ledger.reward_calls} reward calls; plain arm: {len(loops)} loops"
+        )
+
+        def steered(seed: int, method: Any = method) -> Any:
+            return diffsteer.sample(
+                null_model,
+                scheduler,
+                shape=shape,
+                method=method,
+                reward=null_reward,
+                num_inference_steps=steps,
+                generator=torch.Generator().manual_seed(seed),
+                step_kwargs=step_kwargs,
+            )
+
+        def plain(seed: int, loops: list[tuple[int, int]] = loops) -> Any:
+            with torch.no_grad():
+                for samples, calls in loops:
+                    plain_sample(null_model, plain_scheduler, shape, samples, calls, step_kwargs, seed)
+
+        arms[f"{name}, same calls, plain sampler"] = plain
+        arms[f"{name}, diffsteer.sample"] = steered
+        pairs[f"{name}, diffsteer.sample"] = (
+            f"{name}, same calls, plain sampler",
+            ledger.particle_calls,
+            ledger.model_calls,
+        )
+    times = new_clocks()
+    interleave(arms, args.null_repeats, times)
+    for name, values in times["wall"].items():
+        print(f"    {name:42s} wall {spread(values)}; cpu {spread(times['cpu'][name])}")
+    # FK and best-of-N of the sampling loop above, per particle call: N particles at each of T steps.
+    for name in loop_times["wall"]:
+        if name.startswith("diffsteer.sample"):
+            pairs[name] = ("plain sampler, null model", n * steps, steps)
+    for name, (baseline, particle_calls, model_calls) in pairs.items():
+        source = times if name in times["wall"] else loop_times
+        figures = []
+        for clock in ("wall", "cpu"):
+            extra = paired_extra(source[clock], name, baseline)
+            share = 100 * extra / (real_per_call[clock] * particle_calls)
+            figures.append(
+                f"{clock} {extra:.4f} s per run, {1e6 * extra / particle_calls:.1f} us per particle call "
+                f"({1e3 * extra / model_calls:.3f} ms per model call), {share:.2f}%"
+            )
+        print(
+            f"    machinery of {name} ({particle_calls} particle calls in {model_calls} model calls): "
+            + "; ".join(figures)
+        )
+    print(
+        f"    (the % is of plain sampling with the real denoiser at the same particle calls: "
+        f"{1e3 * real_per_call['wall']:.3f} ms wall, {1e3 * real_per_call['cpu']:.3f} ms cpu per particle call)"
+    )
 
 
 def pipeline_mode(
@@ -395,6 +525,12 @@ def main() -> None:
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument(
         "--reference", help="with --null --config sd: the FK-steering reference checkout, run with the same nulls"
+    )
+    parser.add_argument(
+        "--search-budget", type=float, default=16.0, help="with --null: the search drivers' budget, in plain samples"
+    )
+    parser.add_argument(
+        "--search-methods", nargs="*", default=list(SEARCH_METHODS), choices=SEARCH_METHODS, help="with --null"
     )
     args = parser.parse_args()
     if args.reference and not (args.null and args.config == "sd"):
