@@ -166,17 +166,20 @@ def describe_method(method: Any, plan: BudgetPlan, num_model_calls: int | None =
     )
 
 
-def method_option(text: str) -> tuple[str, Any]:
-    """`--method-option KEY=JSON` as (key, value), for argparse's `type=`."""
+def _key_json(text: str, examples: str) -> tuple[str, Any]:
+    """`KEY=JSON` as (key, value); an `argparse.ArgumentTypeError` (reported under its flag) citing `examples`."""
     key, separator, value = text.partition("=")
     try:
         if not (key and separator):
             raise ValueError
         return key, json.loads(value)
     except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected KEY=JSON such as num_neighbors=4 or selection='\"sample\"', got {text!r}"
-        ) from None
+        raise argparse.ArgumentTypeError(f"expected KEY=JSON such as {examples}, got {text!r}") from None
+
+
+def method_option(text: str) -> tuple[str, Any]:
+    """`--method-option KEY=JSON` as (key, value), for argparse's `type=`."""
+    return _key_json(text, "num_neighbors=4 or selection='\"sample\"'")
 
 
 def method_options(pairs: Iterable[tuple[str, Any]], lmbda: float | None = None) -> dict[str, Any]:
@@ -256,15 +259,7 @@ def reward_option(text: str) -> tuple[str, Any]:
 
     The value is JSON, so strings need double quotes: `partial=true`, `pretrained='"/path/to/ImageReward.pt"'`.
     """
-    key, separator, value = text.partition("=")
-    try:
-        if not (key and separator):
-            raise ValueError
-        return key, json.loads(value)
-    except ValueError:
-        raise argparse.ArgumentTypeError(
-            f"expected KEY=JSON such as partial=true or pretrained='\"/path/to/weights\"', got {text!r}"
-        ) from None
+    return _key_json(text, "partial=true or pretrained='\"/path/to/weights\"'")
 
 
 def reward_options(pairs: Iterable[tuple[str, Any]]) -> dict[str, Any]:

@@ -20,8 +20,41 @@ def _set(method: Any, name: str, value: Any) -> None:
     object.__setattr__(method, name, value)
 
 
+class _SMCHooks:
+    """The hooks FK and best-of-N share: both run on the SMC driver and spend a plain run's calls per particle."""
+
+    num_particles: int
+
+    def run(self, ctx: "RunContext") -> "SteeringRun":
+        """The SMC driver (`diffsteer.loop.run_steering`) with this method."""
+        from diffsteer.loop import run_steering
+
+        return run_steering(
+            ctx.process,
+            self,
+            ctx.reward,
+            ctx.ledger,
+            num_groups=ctx.num_groups,
+            generator=ctx.generator,
+            latents=ctx.latents,
+            conditioning=ctx.conditioning,
+            num_outputs=ctx.num_outputs,
+            on_step_end=ctx.on_step_end,
+            final_reward=ctx.final_reward,
+        )
+
+    def model_passes(self, num_inference_steps: int, num_model_calls: int) -> int:
+        """Particle-model calls per group: every particle makes a plain run's calls."""
+        return self.num_particles * num_model_calls
+
+    def settings(self) -> dict[str, Any]:
+        from diffsteer.methods.base import settings_of
+
+        return settings_of(self)
+
+
 @dataclass(frozen=True)
-class FK:
+class FK(_SMCHooks):
     """Feynman-Kac steering: particles weighted by reward potentials and resampled along the denoising chain.
 
     The weighted population targets p(x) exp(lmbda r(x)) for every potential kind.
@@ -105,36 +138,9 @@ class FK:
     def should_resample(self, ess: float, num_particles: int) -> bool:
         return self.ess_threshold is None or ess < self.ess_threshold * num_particles
 
-    def run(self, ctx: "RunContext") -> "SteeringRun":
-        """The SMC driver (`diffsteer.loop.run_steering`) with this method."""
-        from diffsteer.loop import run_steering
-
-        return run_steering(
-            ctx.process,
-            self,
-            ctx.reward,
-            ctx.ledger,
-            num_groups=ctx.num_groups,
-            generator=ctx.generator,
-            latents=ctx.latents,
-            conditioning=ctx.conditioning,
-            num_outputs=ctx.num_outputs,
-            on_step_end=ctx.on_step_end,
-            final_reward=ctx.final_reward,
-        )
-
-    def model_passes(self, num_inference_steps: int, num_model_calls: int) -> int:
-        """Particle-model calls per group: every particle makes a plain run's calls."""
-        return self.num_particles * num_model_calls
-
-    def settings(self) -> dict[str, Any]:
-        from diffsteer.methods.base import settings_of
-
-        return settings_of(self)
-
 
 @dataclass(frozen=True)
-class BestOfN:
+class BestOfN(_SMCHooks):
     """Best-of-N: N independent plain samples, the highest final reward wins.
 
     Random search over initial noises, in the terms of Ma et al. (2025).
@@ -163,33 +169,6 @@ class BestOfN:
 
     def should_resample(self, ess: float, num_particles: int) -> bool:
         return False
-
-    def run(self, ctx: "RunContext") -> "SteeringRun":
-        """The SMC driver (`diffsteer.loop.run_steering`) with this method."""
-        from diffsteer.loop import run_steering
-
-        return run_steering(
-            ctx.process,
-            self,
-            ctx.reward,
-            ctx.ledger,
-            num_groups=ctx.num_groups,
-            generator=ctx.generator,
-            latents=ctx.latents,
-            conditioning=ctx.conditioning,
-            num_outputs=ctx.num_outputs,
-            on_step_end=ctx.on_step_end,
-            final_reward=ctx.final_reward,
-        )
-
-    def model_passes(self, num_inference_steps: int, num_model_calls: int) -> int:
-        """Particle-model calls per group: every particle makes a plain run's calls."""
-        return self.num_particles * num_model_calls
-
-    def settings(self) -> dict[str, Any]:
-        from diffsteer.methods.base import settings_of
-
-        return settings_of(self)
 
 
 def _check_num_particles(num_particles: Any) -> int:
