@@ -22,7 +22,8 @@ class CostLedger:
         decode_rows: rows the VAE decoded.
         resampling_steps: steps at which the particles were resampled.
         wall_time_s: wall-clock seconds of the whole run.
-        reward_time_s: wall-clock seconds spent inside the reward.
+        reward_time_s: wall-clock seconds spent inside the reward (a pipeline's reward includes its decodes).
+        decode_time_s: wall-clock seconds spent decoding latents for rewards and images.
         model_time_s: wall-clock seconds spent inside the denoiser (on a GPU, the time to queue its work unless the
             model synchronises).
         particle_calls: model calls counted per particle row (a classifier-free-guidance call on N particles counts
@@ -41,6 +42,7 @@ class CostLedger:
     resampling_steps: int = 0
     wall_time_s: float = 0.0
     reward_time_s: float = 0.0
+    decode_time_s: float = 0.0
     model_time_s: float = 0.0
     particle_calls: int = 0
     num_groups: int = 1
@@ -57,9 +59,10 @@ class CostLedger:
         self.reward_rows += rows
         self.reward_time_s += seconds
 
-    def add_decode(self, rows: int) -> None:
+    def add_decode(self, rows: int, seconds: float = 0.0) -> None:
         self.decode_calls += 1
         self.decode_rows += rows
+        self.decode_time_s += seconds
 
     def stop(self) -> None:
         self.wall_time_s = time.perf_counter() - self._started

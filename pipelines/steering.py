@@ -446,8 +446,9 @@ class _ChunkedScorer:
         images = []
         for start in range(0, latents.shape[0], self.decode_batch_size):
             chunk = latents[start : start + self.decode_batch_size]
+            started = time.perf_counter()
             images.append(self.setup.decode(chunk, self.vae))
-            self.ledger.add_decode(chunk.shape[0])
+            self.ledger.add_decode(chunk.shape[0], time.perf_counter() - started)
         return _cat(images)
 
     def _scores(self, latents: torch.Tensor, vae: Any, keep: bool, groups: torch.Tensor | None) -> torch.Tensor:
@@ -464,8 +465,9 @@ class _ChunkedScorer:
             pending: list[torch.Tensor] = []
             for start in range(group_start, group_stop, self.decode_batch_size):
                 chunk = latents[start : min(start + self.decode_batch_size, group_stop)]
+                started = time.perf_counter()
                 images = self.setup.decode(chunk, vae)
-                self.ledger.add_decode(chunk.shape[0])
+                self.ledger.add_decode(chunk.shape[0], time.perf_counter() - started)
                 if keep:
                     decoded.append(images)
                 if batch_relative:

@@ -185,6 +185,7 @@ def test_every_search_method_runs_from_the_cli_within_its_budget(embedded, tmp_p
     assert summary["ledger"]["model_rows"] <= float(budget) * 6
     assert budget_summary["spent"] == summary["ledger"]["model_rows"] / 6
     assert budget_summary["spent_wall_time"] > 0
+    assert summary["ledger"]["decode_rows"] > 0 and summary["ledger"]["decode_time_s"] > 0
     assert (out / "image.png").is_file()
     assert f"budget {budget} -> " in capsys.readouterr().err
 
