@@ -129,6 +129,7 @@ def _generate(args: argparse.Namespace) -> None:
         guidance_scale=args.guidance_scale,
         seed=args.seed,
         judge=gen.is_shapes_model(args.model),
+        num_model_calls=calls,
     )
     summary = write_outputs(args.out, output, summary)
     verdict = summary.get("evaluator")

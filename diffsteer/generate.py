@@ -404,13 +404,6 @@ def verdicts(images: list[Any], prompt: str) -> list[dict[str, Any]] | str:
     return out
 
 
-def _plain_calls(cost: Any, steps: int) -> int:
-    """One plain sample's model calls, read back from a ledger (its rows over the rows per particle call)."""
-    if not (cost.model_rows and cost.particle_calls):
-        return steps
-    return round(cost.plain_model_rows * cost.particle_calls / cost.model_rows)
-
-
 def _first_line(error: BaseException) -> str:
     text = str(error).strip()
     return text.splitlines()[0] if text else type(error).__name__
@@ -428,8 +421,10 @@ def summarize(
     seed: int,
     judge: bool,
     reward_options: dict[str, Any] | None = None,
+    num_model_calls: int | None = None,
 ) -> dict[str, Any]:
-    """The JSON summary of a run (everything but the file names)."""
+    """The JSON summary of a run (everything but the file names); `num_model_calls` is one plain sample's model calls
+    (defaults to the steps)."""
     cost = output.cost
     ledger = cost.as_dict()
     selected = int(output.selected_indices[0, 0])
@@ -448,7 +443,7 @@ def summarize(
             "steps": plan.steps,
             "plain_denoiser_rows": cost.plain_model_rows,
             "rule": BUDGET_RULES[plan.method],
-            "how": describe_method(method, plan, _plain_calls(cost, plan.steps)),
+            "how": describe_method(method, plan, num_model_calls),
         },
         "guidance_scale": guidance_scale,
         "seed": seed,

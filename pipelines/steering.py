@@ -443,13 +443,15 @@ class _ChunkedScorer:
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Images of `latents` through the full VAE, in chunks (counted in the ledger)."""
-        images = []
-        for start in range(0, latents.shape[0], self.decode_batch_size):
-            chunk = latents[start : start + self.decode_batch_size]
-            started = time.perf_counter()
-            images.append(self.setup.decode(chunk, self.vae))
-            self.ledger.add_decode(chunk.shape[0], time.perf_counter() - started)
-        return _cat(images)
+        chunks = range(0, latents.shape[0], self.decode_batch_size)
+        return _cat([self._decode(latents[start : start + self.decode_batch_size], self.vae) for start in chunks])
+
+    def _decode(self, chunk: torch.Tensor, vae: Any) -> torch.Tensor:
+        """One chunk's images through `vae`, counted (rows and seconds) in the ledger."""
+        started = time.perf_counter()
+        images = self.setup.decode(chunk, vae)
+        self.ledger.add_decode(chunk.shape[0], time.perf_counter() - started)
+        return images
 
     def _scores(self, latents: torch.Tensor, vae: Any, keep: bool, groups: torch.Tensor | None) -> torch.Tensor:
         if groups is None:  # equal contiguous blocks, one per group
@@ -465,9 +467,7 @@ class _ChunkedScorer:
             pending: list[torch.Tensor] = []
             for start in range(group_start, group_stop, self.decode_batch_size):
                 chunk = latents[start : min(start + self.decode_batch_size, group_stop)]
-                started = time.perf_counter()
-                images = self.setup.decode(chunk, vae)
-                self.ledger.add_decode(chunk.shape[0], time.perf_counter() - started)
+                images = self._decode(chunk, vae)
                 if keep:
                     decoded.append(images)
                 if batch_relative:

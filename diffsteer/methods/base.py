@@ -22,7 +22,7 @@ from typing import Any, Protocol, runtime_checkable
 
 import torch
 
-from diffsteer.loop import RunContext, SteeringRun, check_scores
+from diffsteer.loop import RunContext, SteeringRun, _name, check_scores
 from diffsteer.processes.base import Step
 from diffsteer.smc.particles import Particles
 
@@ -74,6 +74,16 @@ def run_method(method: Any, ctx: RunContext) -> SteeringRun:
     ledger.plain_model_rows = round(process.num_model_calls * rows_per_call)
     ledger.budget = getattr(method, "budget", None)
     return run
+
+
+def set_field(method: Any, name: str, value: Any) -> None:
+    """Store a checked value (a plain int or float for numpy scalars) on a frozen dataclass."""
+    object.__setattr__(method, name, value)
+
+
+def generator_device(generator: torch.Generator | None) -> torch.device:
+    """Where `generator` draws (torch's default generator draws on the CPU)."""
+    return generator.device if generator is not None else torch.device("cpu")
 
 
 def settings_of(method: Any) -> dict[str, Any]:
@@ -167,10 +177,6 @@ def score(
     scores = reward(batch, groups=groups) if getattr(reward, "takes_row_groups", False) else reward(batch)
     ctx.ledger.add_reward(batch.shape[0], time.perf_counter() - started)
     return check_scores(scores, batch.shape[0], f"reward {_name(reward)}").to(batch.device)
-
-
-def _name(reward: Any) -> str:
-    return repr(getattr(reward, "__name__", None) or type(reward).__name__)
 
 
 class Archive:

@@ -15,11 +15,12 @@ import torch
 from diffsteer.loop import RunContext, SteeringRun
 from diffsteer.methods.base import (
     Archive,
+    generator_device,
     group_conditioning,
-    refuse_generator_lists,
     repeat_rows,
     score,
     search_run,
+    set_field,
     settings_of,
 )
 from diffsteer.processes.base import Step
@@ -30,12 +31,7 @@ from diffsteer.smc.particles import Particles, cat_particles
 SELECTIONS = ("argmax", "sample")
 
 
-def _set(method: Any, name: str, value: Any) -> None:
-    object.__setattr__(method, name, value)
-
-
 def _check_branching_process(ctx: RunContext, method_name: str) -> None:
-    refuse_generator_lists(ctx, method_name)
     process = ctx.process
     if process.num_model_calls != process.num_inference_steps:
         raise ValueError(
@@ -97,10 +93,10 @@ class SVDD:
     takes_generator_lists = False
 
     def __post_init__(self) -> None:
-        _set(self, "num_children", check_int("num_children", self.num_children, minimum=1))
-        _set(self, "num_chains", check_int("num_chains", self.num_chains, minimum=1))
+        set_field(self, "num_children", check_int("num_children", self.num_children, minimum=1))
+        set_field(self, "num_chains", check_int("num_chains", self.num_chains, minimum=1))
         check_choice("selection", self.selection, SELECTIONS)
-        _set(self, "lmbda", check_number("lmbda", self.lmbda, minimum=0.0))
+        set_field(self, "lmbda", check_number("lmbda", self.lmbda, minimum=0.0))
 
     @property
     def num_particles(self) -> int:
@@ -150,8 +146,9 @@ class SVDD:
         dead = torch.isneginf(logits).all(dim=1)
         logits[dead] = 0.0  # every child forbidden: any will do, the final check reports it
         probabilities = torch.softmax(logits, dim=1)
-        device = generator.device if generator is not None else torch.device("cpu")
-        uniforms = torch.rand(scores.shape[0], 1, generator=generator, dtype=torch.float64, device=device).cpu()
+        uniforms = torch.rand(
+            scores.shape[0], 1, generator=generator, dtype=torch.float64, device=generator_device(generator)
+        ).cpu()
         cdf = torch.cumsum(probabilities, dim=1)
         return torch.searchsorted(cdf, uniforms * cdf[:, -1:], right=True).flatten().clamp_(max=scores.shape[1] - 1)
 
@@ -185,10 +182,10 @@ class RBF:
     takes_generator_lists = False
 
     def __post_init__(self) -> None:
-        _set(self, "quota", check_int("quota", self.quota, minimum=1))
-        _set(self, "num_chains", check_int("num_chains", self.num_chains, minimum=1))
+        set_field(self, "quota", check_int("quota", self.quota, minimum=1))
+        set_field(self, "num_chains", check_int("num_chains", self.num_chains, minimum=1))
         init = check_int("init_particles", self.init_particles, minimum=1, allow_none=True)
-        _set(self, "init_particles", self.quota if init is None else init)
+        set_field(self, "init_particles", self.quota if init is None else init)
 
     @property
     def num_particles(self) -> int:

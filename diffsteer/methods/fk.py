@@ -3,6 +3,7 @@
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING, Any
 
+from diffsteer.methods.base import set_field, settings_of
 from diffsteer.smc.checks import check_choice, check_int, check_number, check_type
 from diffsteer.smc.potentials import Lambda, Potential
 from diffsteer.smc.resampling import get_resampling_scheme
@@ -13,11 +14,6 @@ if TYPE_CHECKING:
 
 
 SELECT_MODES = ("best", "sample")
-
-
-def _set(method: Any, name: str, value: Any) -> None:
-    """Store a checked value (a plain int or float for numpy scalars) on a frozen dataclass."""
-    object.__setattr__(method, name, value)
 
 
 class _SMCHooks:
@@ -48,8 +44,6 @@ class _SMCHooks:
         return self.num_particles * num_model_calls
 
     def settings(self) -> dict[str, Any]:
-        from diffsteer.methods.base import settings_of
-
         return settings_of(self)
 
 
@@ -101,8 +95,8 @@ class FK(_SMCHooks):
     takes_generator_lists = True
 
     def __post_init__(self) -> None:
-        _set(self, "num_particles", _check_num_particles(self.num_particles))
-        _set(self, "lmbda", Potential(self.potential, self.lmbda).lmbda)
+        set_field(self, "num_particles", _check_num_particles(self.num_particles))
+        set_field(self, "lmbda", Potential(self.potential, self.lmbda).lmbda)
         check_type("resampling", self.resampling, str, "the name of a resampling scheme, such as 'systematic'")
         get_resampling_scheme(self.resampling)
         ess_threshold = check_number(
@@ -115,16 +109,16 @@ class FK(_SMCHooks):
             hint="It is a fraction of num_particles (0.5 resamples when ESS < N / 2); pass None to resample at "
             "every potential step.",
         )
-        _set(self, "ess_threshold", ess_threshold)
-        _set(self, "interval", check_int("interval", self.interval, minimum=1, hint="1 evaluates every step."))
-        _set(self, "start", check_int("start", self.start, minimum=0, hint="0 is the first step."))
+        set_field(self, "ess_threshold", ess_threshold)
+        set_field(self, "interval", check_int("interval", self.interval, minimum=1, hint="1 evaluates every step."))
+        set_field(self, "start", check_int("start", self.start, minimum=0, hint="0 is the first step."))
         stop = check_int("stop", self.stop, allow_none=True)
         if stop is not None and stop <= self.start:
             raise ValueError(
                 f"stop must be an integer greater than start={self.start}, got {stop}: potentials are applied at "
                 "full steps start, start + interval, ... below stop; pass None to go to the last step."
             )
-        _set(self, "stop", stop)
+        set_field(self, "stop", stop)
         check_choice("select", self.select, SELECT_MODES)
 
     def make_potential(self) -> Potential:
@@ -159,7 +153,7 @@ class BestOfN(_SMCHooks):
     select = "best"
 
     def __post_init__(self) -> None:
-        _set(self, "num_particles", _check_num_particles(self.num_particles))
+        set_field(self, "num_particles", _check_num_particles(self.num_particles))
 
     def make_potential(self) -> None:
         return None

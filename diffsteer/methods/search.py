@@ -15,20 +15,17 @@ from diffsteer.loop import RunContext, SteeringRun
 from diffsteer.methods.base import (
     Archive,
     denoise,
+    generator_device,
     group_conditioning,
-    refuse_generator_lists,
     repeat_rows,
     score,
     search_run,
+    set_field,
     settings_of,
     window_calls,
 )
 from diffsteer.processes.base import Step
 from diffsteer.smc.checks import check_int, check_number
-
-
-def _set(method: Any, name: str, value: Any) -> None:
-    object.__setattr__(method, name, value)
 
 
 def neighbours(pivots: torch.Tensor, count: int, radius: float, generator: torch.Generator | None) -> torch.Tensor:
@@ -50,10 +47,6 @@ def neighbours(pivots: torch.Tensor, count: int, radius: float, generator: torch
     orthogonal = orthogonal / orthogonal.norm(dim=1, keepdim=True)
     moved = norms.repeat_interleave(count, dim=0) * (math.cos(radius) * units + math.sin(radius) * orthogonal)
     return moved.reshape(-1, *pivots.shape[1:]).to(pivots.dtype)
-
-
-def generator_device(generator: torch.Generator | None) -> torch.device:
-    return generator.device if generator is not None else torch.device("cpu")
 
 
 @dataclass(frozen=True)
@@ -88,8 +81,8 @@ class ZeroOrder:
     takes_generator_lists = False
 
     def __post_init__(self) -> None:
-        _set(self, "num_rounds", check_int("num_rounds", self.num_rounds, minimum=1))
-        _set(self, "num_neighbors", check_int("num_neighbors", self.num_neighbors, minimum=1))
+        set_field(self, "num_rounds", check_int("num_rounds", self.num_rounds, minimum=1))
+        set_field(self, "num_neighbors", check_int("num_neighbors", self.num_neighbors, minimum=1))
         radius = check_number(
             "radius",
             self.radius,
@@ -98,7 +91,7 @@ class ZeroOrder:
             minimum_open=True,
             hint="It is the angle in radians between a neighbour and its pivot; acos(0.95) = 0.318 is the default.",
         )
-        _set(self, "radius", radius)
+        set_field(self, "radius", radius)
 
     @property
     def num_particles(self) -> int:
@@ -111,7 +104,6 @@ class ZeroOrder:
         return settings_of(self)
 
     def run(self, ctx: RunContext) -> SteeringRun:
-        refuse_generator_lists(ctx, "Zero-order search")
         process, num_groups, k = ctx.process, ctx.num_groups, self.num_neighbors
         conditioning = group_conditioning(ctx, self.num_particles)
         if ctx.latents is not None:
@@ -122,37 +114,24 @@ class ZeroOrder:
         pivot_rewards = torch.full((num_groups,), -math.inf, dtype=torch.float64)
         fresh = torch.ones(num_groups, dtype=torch.bool)  # the pivot is judged in this round (first, or restart)
         for round_index in range(self.num_rounds):
+            # Every group runs the same count: K + 1 in the first round (pivot and neighbours), then K (K neighbours,
+            # or after no improvement fresh noise and K - 1 of its neighbours), so the groups run as one batch.
             candidates = []
             for g in range(num_groups):
-                if round_index > 0 and fresh[g]:
+                restart = round_index > 0 and bool(fresh[g])
+                if restart:
                     pivots[g] = process.init(1, ctx.generator).latents[0]
                 base = pivots[g : g + 1] if fresh[g] else pivots[g : g + 1][:0]
-                candidates.append(
-                    torch.cat(
-                        [
-                            base,
-                            neighbours(
-                                pivots[g : g + 1], k - int(fresh[g] and round_index > 0), self.radius, ctx.generator
-                            ),
-                        ]
-                    )
-                )
-            counts = [len(rows) for rows in candidates]
-            if len(set(counts)) > 1:  # groups in different phases: run them one group at a time
-                results = [
-                    self._run_candidates(ctx, rows, conditioning, g, trace) for g, rows in enumerate(candidates)
-                ]
-            else:
-                results = [self._run_candidates(ctx, torch.cat(candidates), conditioning, None, trace)]
-            if any(result is None for result in results):
+                around = neighbours(pivots[g : g + 1], k - int(restart), self.radius, ctx.generator)
+                candidates.append(torch.cat([base, around]))
+            count = candidates[0].shape[0]
+            result = self._run_candidates(ctx, torch.cat(candidates), conditioning, trace)
+            if result is None:
                 break  # interrupted
-            samples = torch.cat([result[0] for result in results])
-            rewards = torch.cat([result[1] for result in results]).cpu()
+            samples, rewards = result[0], result[1].cpu()
             archive.add(samples, rewards)
-            start = 0
             for g in range(num_groups):
-                rows = rewards[start : start + counts[g]]
-                starting = candidates[g]
+                rows, starting = rewards[g * count : (g + 1) * count], candidates[g]
                 if fresh[g]:
                     pivot_rewards[g] = rows[0]
                     rows, starting = rows[1:], starting[1:]
@@ -161,32 +140,19 @@ class ZeroOrder:
                 if improved:
                     pivots[g], pivot_rewards[g] = starting[best], rows[best]
                 fresh[g] = not improved
-                start += counts[g]
         return search_run(ctx, archive, trace)
 
     def _run_candidates(
-        self,
-        ctx: RunContext,
-        noises: torch.Tensor,
-        conditioning: dict[str, torch.Tensor],
-        group: int | None,
-        trace: list[Step],
+        self, ctx: RunContext, noises: torch.Tensor, conditioning: dict[str, torch.Tensor], trace: list[Step]
     ) -> tuple[torch.Tensor, torch.Tensor] | None:
-        """Finished samples and final rewards of whole runs from `noises` (all groups' blocks, or one group's)."""
+        """Finished samples and final rewards of whole runs from `noises` (equal blocks per group), or None if the
+        run was interrupted."""
         process = ctx.process
-        if group is None:
-            per_group = noises.shape[0] // ctx.num_groups
-            rows = repeat_rows(conditioning, per_group)
-        else:
-            rows = {
-                name: value[group : group + 1].repeat_interleave(noises.shape[0], 0)
-                for name, value in conditioning.items()
-            }
+        rows = repeat_rows(conditioning, noises.shape[0] // ctx.num_groups)
         particles = process.init(noises.shape[0], ctx.generator, latents=noises, conditioning=rows)
         if not denoise(ctx, particles, 0, process.num_inference_steps, trace=trace):
             return None
-        groups = None if group is None else torch.full((noises.shape[0],), group)
-        return particles.latents, score(ctx.final_reward, particles.latents, ctx, "the final samples", groups)
+        return particles.latents, score(ctx.final_reward, particles.latents, ctx, "the final samples")
 
 
 @dataclass(frozen=True)
@@ -221,8 +187,8 @@ class Paths:
     takes_generator_lists = False
 
     def __post_init__(self) -> None:
-        _set(self, "num_paths", check_int("num_paths", self.num_paths, minimum=1))
-        _set(self, "num_branches", check_int("num_branches", self.num_branches, minimum=1))
+        set_field(self, "num_paths", check_int("num_paths", self.num_paths, minimum=1))
+        set_field(self, "num_branches", check_int("num_branches", self.num_branches, minimum=1))
         for name in ("start", "forward", "backward"):
             value = check_number(
                 name,
@@ -232,7 +198,7 @@ class Paths:
                 minimum_open=True,
                 hint="It is a fraction of the schedule.",
             )
-            _set(self, name, value)
+            set_field(self, name, value)
 
     @property
     def num_particles(self) -> int:
@@ -263,7 +229,6 @@ class Paths:
         return settings_of(self)
 
     def run(self, ctx: RunContext) -> SteeringRun:
-        refuse_generator_lists(ctx, "Search over paths")
         process, num_groups, n, m = ctx.process, ctx.num_groups, self.num_paths, self.num_branches
         t = process.num_inference_steps
         first, hops = self.hops(t)
