@@ -16,7 +16,9 @@ class FluxSteeringPipeline(SteeringMixin, FluxPipeline):
 
     Particles are Flux's packed latents; each carries its own rows of the T5 and pooled CLIP embeddings (and of the
     negative ones under true CFG). Under FK (with `stochastic="auto"`) the flow scheduler becomes
-    `diffsteer.processes.FlowMatchEulerSDEScheduler`, which keeps the flow's marginals.
+    `diffsteer.processes.FlowMatchEulerSDEScheduler`, whose stochastic step solves the flow's reverse SDE with x0-hat
+    held fixed; at FLUX.1-schnell's 4 steps it samples about as accurately as the Euler ODE (`changes` says what it
+    costs).
 
     Examples:
 

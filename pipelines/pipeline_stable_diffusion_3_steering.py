@@ -20,8 +20,8 @@ class StableDiffusion3SteeringPipeline(SteeringMixin, StableDiffusion3Pipeline):
     """`StableDiffusion3Pipeline` plus `reward=` and `method=` (see `SteeringMixin.__call__`).
 
     Flow-matching sampling is deterministic, so under FK (with `stochastic="auto"`) the scheduler becomes
-    `diffsteer.processes.FlowMatchEulerSDEScheduler`, which keeps the flow's marginals while giving the particles
-    fresh noise at each step; `changes` says so.
+    `diffsteer.processes.FlowMatchEulerSDEScheduler`, whose step solves the flow's reverse SDE with x0-hat held
+    fixed, giving the particles fresh noise at each step about as accurately as the Euler ODE; `changes` says so.
 
     Examples:
 

@@ -39,7 +39,7 @@ from diffusers import (
 )
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
-from diffsteer.processes.flow_sde import FlowMatchEulerSDEScheduler
+from diffsteer.processes.flow_sde import FLOW_SDE_COST, FlowMatchEulerSDEScheduler
 from diffsteer.smc.particles import reindex_value
 
 
@@ -188,27 +188,28 @@ def copy_scheduler(scheduler: SchedulerMixin) -> SchedulerMixin:
     return type(scheduler).from_config(effective_config(scheduler))
 
 
-def _switch_to(target: type[SchedulerMixin], **config_overrides: Any) -> MakeStochastic:
-    """Replace the scheduler by `target` built from the same effective config (keeping the noise schedule)."""
+def _switch_to(target: type[SchedulerMixin], cost: str = "", **config_overrides: Any) -> MakeStochastic:
+    """Replace the scheduler by `target` built from the same effective config (keeping the noise schedule); `cost`
+    is appended to the note (what the switch costs the samples)."""
 
     def make(scheduler: SchedulerMixin, step_kwargs: StepKwargs) -> tuple[SchedulerMixin, StepKwargs, str]:
         new = target.from_config(effective_config(scheduler), **config_overrides)
         settings = "".join(f", {key}={value!r}" for key, value in config_overrides.items())
         note = (
             f"{type(scheduler).__name__} is deterministic, so it was replaced by {target.__name__} "
-            f"(built from the same config{settings}) to give the particles fresh noise at each step."
+            f"(built from the same config{settings}) to give the particles fresh noise at each step.{cost}"
         )
         return new, step_kwargs, note
 
     return make
 
 
-def _set_step_kwarg(name: str, value: float) -> MakeStochastic:
+def _set_step_kwarg(name: str, value: float, cost: str = "") -> MakeStochastic:
     def make(scheduler: SchedulerMixin, step_kwargs: StepKwargs) -> tuple[SchedulerMixin, StepKwargs, str]:
         before = step_kwargs.get(name)
         note = (
             f"{type(scheduler).__name__} with {name}={before!r} is deterministic, so {name} was set to {value} to "
-            "give the particles fresh noise at each step."
+            f"give the particles fresh noise at each step.{cost}"
         )
         return scheduler, {**step_kwargs, name: value}, note
 
@@ -239,13 +240,20 @@ for _cls, _spec in {
     EulerAncestralDiscreteScheduler: SchedulerSpec((), _never_deterministic),
     LCMScheduler: SchedulerSpec((), _never_deterministic),
     TCDScheduler: SchedulerSpec((), lambda s, kw: kw.get("eta", 0.3) == 0, _set_step_kwarg("eta", 0.3)),
-    # diffusers' stochastic_sampling=True re-noises x0-hat and does not keep the model's distribution, so the
-    # stochastic variant is the marginal-preserving SDE (`s_churn` is accepted by `step` but unused).
+    # diffusers' stochastic_sampling=True re-noises x0-hat from scratch at every step, which shrinks the modes even at
+    # 100 steps, so the stochastic variant is FlowMatchEulerSDEScheduler, whose posterior step keeps the Euler step's
+    # x0-hat term and refreshes only part of the noise (`s_churn` is accepted by `step` but unused).
     FlowMatchEulerDiscreteScheduler: SchedulerSpec(
-        (), lambda s, kw: not s.config.stochastic_sampling, _switch_to(FlowMatchEulerSDEScheduler), space="flow"
+        (),
+        lambda s, kw: not s.config.stochastic_sampling,
+        _switch_to(FlowMatchEulerSDEScheduler, cost=FLOW_SDE_COST),
+        space="flow",
     ),
     FlowMatchEulerSDEScheduler: SchedulerSpec(
-        (), lambda s, kw: kw.get("diffusion_scale", 3.0) == 0, _set_step_kwarg("diffusion_scale", 3.0), space="flow"
+        (),
+        lambda s, kw: kw.get("diffusion_scale", FlowMatchEulerSDEScheduler.default_diffusion_scale) == 0,
+        _set_step_kwarg("diffusion_scale", FlowMatchEulerSDEScheduler.default_diffusion_scale, cost=FLOW_SDE_COST),
+        space="flow",
     ),
     DPMSolverMultistepScheduler: SchedulerSpec(("model_outputs",), _dpmsolver_deterministic, _SDE_DPMSOLVER),
     DPMSolverSinglestepScheduler: SchedulerSpec(
