@@ -67,13 +67,24 @@ def shape_mask(kind: str, x: float, y: float, r: float, size: int = IMAGE_SIZE) 
     raise ValueError(f"Unknown shape {kind!r}; known shapes: {list(SHAPES)}.")
 
 
-def render(shapes: list[Shape] | tuple[Shape, ...], size: int = IMAGE_SIZE) -> np.ndarray:
-    """Draw shapes on the background: uint8 array of shape (size, size, 3)."""
-    image = np.empty((size, size, 3), dtype=np.uint8)
+def render(shapes: list[Shape] | tuple[Shape, ...], size: int = IMAGE_SIZE, supersampling: int = 1) -> np.ndarray:
+    """Draw shapes on the background: uint8 array of shape (size, size, 3).
+
+    Args:
+        shapes: the scene.
+        size: the canvas' side in pixels.
+        supersampling: 1 samples each pixel at its centre (hard edges, exact colours: the training scenes); s > 1
+            averages s x s samples per pixel (anti-aliased edges, like a decoder's).
+    """
+    fine = size * supersampling
+    image = np.empty((fine, fine, 3), dtype=np.float32 if supersampling > 1 else np.uint8)
     image[:] = BACKGROUND
     for shape in shapes:
-        image[shape_mask(shape.kind, shape.x, shape.y, shape.r, size)] = COLORS[shape.color]
-    return image
+        s = supersampling
+        image[shape_mask(shape.kind, shape.x * s, shape.y * s, shape.r * s, fine)] = COLORS[shape.color]
+    if supersampling == 1:
+        return image
+    return image.reshape(size, supersampling, size, supersampling, 3).mean((1, 3)).round().astype(np.uint8)
 
 
 def relation_holds(
