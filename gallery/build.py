@@ -3,6 +3,7 @@ sampling, best-of-N and FK steering at the same budget, side by side, with their
 
     python gallery/build.py [--budget 8] [--seed 0] [--steps 25] [--model shapes] [--reward shapes-clip]
     python gallery/build.py --html-only
+    python gallery/build.py --rejudge       # the saved images judged again by the current evaluator
 
 The page embeds its results (settings, rewards, verdicts, image names) as JSON, so `--html-only` re-renders it from
 them without sampling (a full build samples 17 particles per prompt; on 2 CPU cores that takes tens of minutes).
@@ -50,9 +51,17 @@ def main() -> None:
     parser.add_argument(
         "--html-only", action="store_true", help="re-render index.html from the results it embeds, without sampling"
     )
+    parser.add_argument(
+        "--rejudge", action="store_true", help="judge the saved images again with the current evaluator, no sampling"
+    )
     args = parser.parse_args()
     page = args.out / "index.html"
-    results = read_results(page) if args.html_only else sample(args)
+    if args.html_only or args.rejudge:
+        results = read_results(page)
+        if args.rejudge:
+            rejudge(results, args.out)
+    else:
+        results = sample(args)
     page.write_text(render(results))
     print(f"wrote {page}")
 
@@ -65,6 +74,20 @@ def columns(budget: float) -> list[dict[str, Any]]:
         {"title": f"best-of-{particles}", "method": "bon", "budget": budget},
         {"title": f"FK steering, {gen.plural(particles, 'particle')}", "method": "fk", "budget": budget},
     ]
+
+
+def judge(image: np.ndarray, prompt: str) -> dict[str, Any]:
+    """The evaluator's verdict on one cell, as the page stores it."""
+    verdict = evaluate(image, prompt)
+    return {"correct": verdict.correct, "failed": [check for check, ok in verdict.checks.items() if not ok]}
+
+
+def rejudge(results: dict[str, Any], out: Path) -> None:
+    """Judge every saved image again (the 64x64 image is every SCALE-th pixel of the nearest-neighbour PNG)."""
+    for row in results["rows"]:
+        for cell in row["cells"]:
+            image = np.asarray(Image.open(out / cell["image"]).convert("RGB"))[::SCALE, ::SCALE]
+            cell.update(judge(np.ascontiguousarray(image), row["prompt"]))
 
 
 def sample(args: argparse.Namespace) -> dict[str, Any]:
@@ -102,15 +125,8 @@ def sample(args: argparse.Namespace) -> dict[str, Any]:
             image = output.images[0].convert("RGB")
             name = f"images/{category}-{index}.png"
             image.resize((image.width * SCALE, image.height * SCALE), Image.NEAREST).save(args.out / name)
-            verdict = evaluate(np.asarray(image), prompt)
-            cells.append(
-                {
-                    "image": name,
-                    "reward": float(output.rewards[0, int(output.selected_indices[0, 0])]),
-                    "correct": verdict.correct,
-                    "failed": [check for check, ok in verdict.checks.items() if not ok],
-                }
-            )
+            reward_value = float(output.rewards[0, int(output.selected_indices[0, 0])])
+            cells.append({"image": name, "reward": reward_value, **judge(np.asarray(image), prompt)})
         results["rows"].append({"category": category, "prompt": prompt, "cells": cells})
         print(f"{category}: {prompt!r} done", flush=True)
     return results
