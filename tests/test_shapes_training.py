@@ -2,8 +2,10 @@
 diffusers folder that loads, a CLIP the reward loads, and the losses of every stage."""
 
 import json
+from collections import Counter
 from pathlib import Path
 
+import pytest
 import torch
 import yaml
 from diffusers import StableDiffusionPipeline
@@ -15,11 +17,11 @@ from diffsteer.worlds.shapes.__main__ import main
 ROOT = Path(__file__).resolve().parents[1]
 
 
-def _tiny_recipe(path: Path) -> Path:
+def _tiny_recipe(path: Path, steps: int = 2) -> Path:
     config = yaml.safe_load((ROOT / "configs" / "shapes.yaml").read_text())
     config["data"]["scenes"] = 24
     for stage in ("vae", "decoder", "unet", "clip"):
-        config[stage].update(steps=2, batch_size=4)
+        config[stage].update(steps=steps, batch_size=4)
     config["unet"]["warmup_steps"] = config["clip"]["warmup_steps"] = 1
     config["vae"]["model"].update(block_out_channels=[8, 8, 8], norm_num_groups=4)
     config["unet"]["model"].update(block_out_channels=[16, 16, 16], norm_num_groups=8, cross_attention_dim=16)
@@ -45,3 +47,58 @@ def test_train_writes_a_loadable_model_a_clip_and_every_stage_losses(tmp_path):
     assert len(clip_log["clip"]["losses"]) >= 1
     score = rewards.load("shapes-clip", pretrained=out / "clip")(torch.rand(1, 3, 64, 64), ["a red circle"])
     assert torch.isfinite(score).all()
+
+
+def test_a_run_stopped_in_every_stage_resumes_bit_for_bit(tmp_path, monkeypatch):
+    """Each stage is stopped once after its checkpoint at step 2 of 4 (as a session's end would stop it) and the run
+    goes on with `--resume`: every weight file equals an uninterrupted run's byte for byte, and so do the losses."""
+    from diffsteer.worlds.shapes import training
+
+    recipe = _tiny_recipe(tmp_path / "recipe.yaml", steps=4)
+    straight, resumed = tmp_path / "straight", tmp_path / "resumed"
+    base = ["train", "--config", str(recipe), "--checkpoint-every", "2"]
+    assert main([*base, "--out", str(straight), "--cache", str(tmp_path / "cache-straight")]) == 0
+
+    stopped: set[str] = set()
+    steps_run: Counter[str] = Counter()
+    add = training.LossLog.add
+
+    def stop_once(self, step, loss):
+        add(self, step, loss)
+        steps_run[self.stage] += 1
+        if step == 2 and self.stage not in stopped:  # the third step: the checkpoint after two is on disk
+            stopped.add(self.stage)
+            raise KeyboardInterrupt
+
+    monkeypatch.setattr(training.LossLog, "add", stop_once)
+    command = [*base, "--out", str(resumed), "--cache", str(tmp_path / "cache-resumed")]
+    for attempt in range(5):
+        try:
+            assert main(command if attempt == 0 else [*command, "--resume"]) == 0
+            break
+        except KeyboardInterrupt:
+            continue
+    assert stopped == {"vae", "decoder", "unet", "clip"}
+    # Steps 0, 1, 2 (stopped), then 2 and 3 again from the checkpoint: a restart from step 0 would run 7.
+    assert steps_run == {"vae": 5, "decoder": 5, "unet": 5, "clip": 5}
+    weights = sorted(path.relative_to(straight) for path in straight.rglob("*.safetensors"))
+    assert len(weights) == 4  # the autoencoder (after its decoder stage), UNet, text encoder and CLIP
+    for path in weights:
+        assert (straight / path).read_bytes() == (resumed / path).read_bytes(), path
+    for log_file in ("pipeline/training_log.json", "clip/training_log.json"):
+        logs = [json.loads((root / log_file).read_text()) for root in (straight, resumed)]
+        for stage in logs[0]:
+            assert [row["loss"] for row in logs[0][stage]["losses"]] == [
+                row["loss"] for row in logs[1][stage]["losses"]
+            ]
+
+
+def test_resume_refuses_a_checkpoint_of_another_stage(tmp_path):
+    from diffsteer.worlds.shapes.training import Checkpoint, _GeneratorState
+
+    path = tmp_path / "stage.pt"
+    Checkpoint(path, every=1).save_if_due(1, 1, {"generator": _GeneratorState(torch.Generator())})
+    with pytest.raises(ValueError, match="not this stage's"):
+        Checkpoint(path).resume({"model": torch.nn.Linear(1, 1)})
+    with pytest.raises(ValueError, match="every must be at least 1"):
+        Checkpoint(path, every=0)

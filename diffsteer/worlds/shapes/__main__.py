@@ -4,6 +4,10 @@ Stages: `vae` (the autoencoder), `decoder` (its decoder fine-tuned with the enco
 change), `unet` (the UNet and text encoder on the autoencoder's latents), `clip` (the `shapes-clip` reward); `all`
 runs them in order. Weights go to `--out` (by default the package's own folder, which is what ships), with the
 losses in `training_log.json`.
+
+Every stage saves its whole training state every `--checkpoint-every` steps under `--cache`/checkpoints (one folder
+per recipe). A run ended early (a session's stop) goes on with `--resume`, bit for bit as if it had not stopped; a
+finished stage resumes at its end and only writes its weights again. Without `--resume` a stage starts afresh.
 """
 
 import argparse
@@ -11,12 +15,17 @@ import hashlib
 import json
 import sys
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import numpy as np
 import torch
 import yaml
 
 from diffsteer.worlds.shapes import CLIP_PATH, MODEL_PATH
+
+
+if TYPE_CHECKING:
+    from diffsteer.worlds.shapes.training import Checkpoint
 
 
 STAGES = ("vae", "decoder", "unet", "clip")
@@ -37,7 +46,19 @@ def _dataset(config: dict, cache: Path) -> tuple[np.ndarray, list[str]]:
     return images, captions
 
 
-def train(config_path: Path, out: Path, stages: list[str], cache: Path) -> None:
+def _checkpoint(config: dict, cache: Path, stage: str, resume: bool, every: int) -> "Checkpoint":
+    from diffsteer.worlds.shapes import training
+
+    key = hashlib.sha1(json.dumps(config, sort_keys=True).encode()).hexdigest()[:12]
+    path = cache / "checkpoints" / key / f"{stage}.pt"
+    if not resume:
+        path.unlink(missing_ok=True)
+    return training.Checkpoint(path, every)
+
+
+def train(
+    config_path: Path, out: Path, stages: list[str], cache: Path, resume: bool = False, checkpoint_every: int = 200
+) -> None:
     from diffusers import AutoencoderKL, StableDiffusionPipeline
 
     from diffsteer.worlds.shapes import components as build
@@ -45,17 +66,21 @@ def train(config_path: Path, out: Path, stages: list[str], cache: Path) -> None:
 
     config = yaml.safe_load(config_path.read_text())
     seed = config["seed"]
+
+    def checkpoint(stage: str) -> "Checkpoint":
+        return _checkpoint(config, cache, stage, resume, checkpoint_every)
+
     images, captions = _dataset(config, cache)
     pipeline_dir, clip_dir = out / MODEL_PATH.name, out / CLIP_PATH.name
     if "vae" in stages:
         torch.manual_seed(seed)
         vae = build.build_vae(config["vae"]["model"])
-        rows = training.train_vae(vae, images, config["vae"], seed)
+        rows = training.train_vae(vae, images, config["vae"], seed, checkpoint("vae"))
         vae.save_pretrained(pipeline_dir / "vae")
         training.write_log(pipeline_dir / "training_log.json", "vae", rows, {"config": config["vae"]})
     if "decoder" in stages:
         vae = AutoencoderKL.from_pretrained(pipeline_dir / "vae")
-        rows = training.train_decoder(vae, images, config["decoder"], seed + 3)
+        rows = training.train_decoder(vae, images, config["decoder"], seed + 3, checkpoint("decoder"))
         vae.save_pretrained(pipeline_dir / "vae")
         training.write_log(pipeline_dir / "training_log.json", "decoder", rows, {"config": config["decoder"]})
     if "unet" in stages:
@@ -70,7 +95,15 @@ def train(config_path: Path, out: Path, stages: list[str], cache: Path) -> None:
         scheduler = build.build_scheduler(config["scheduler"])
         unet_config = {**config["unet"], "scaling_factor": scaling_factor}
         rows, unet_ema, text_ema = training.train_unet(
-            unet, text_encoder, tokenizer, scheduler, (means, stds), captions, unet_config, seed + 1
+            unet,
+            text_encoder,
+            tokenizer,
+            scheduler,
+            (means, stds),
+            captions,
+            unet_config,
+            seed + 1,
+            checkpoint("unet"),
         )
         unet.load_state_dict(unet_ema, strict=False)
         text_encoder.load_state_dict(text_ema, strict=False)
@@ -100,7 +133,7 @@ def train(config_path: Path, out: Path, stages: list[str], cache: Path) -> None:
         torch.manual_seed(seed + 2)
         model = open_clip.create_model(CLIP_MODEL_NAME, pretrained=None)
         tokenizer = open_clip.get_tokenizer(CLIP_MODEL_NAME)
-        rows = training.train_clip(model, tokenizer, images, captions, config["clip"], seed + 2)
+        rows = training.train_clip(model, tokenizer, images, captions, config["clip"], seed + 2, checkpoint("clip"))
         # Half precision on disk halves the file (the 49408-token embedding is most of it); loading casts back.
         save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, clip_dir / "model.safetensors")
         training.write_log(clip_dir / "training_log.json", "clip", rows, {"config": config["clip"]})
@@ -117,13 +150,21 @@ def main(argv: list[str] | None = None) -> int:
         "--cache", type=Path, default=Path.home() / ".cache" / "diffsteer", help="where rendered scenes are cached"
     )
     command.add_argument("--threads", type=int, default=None, help="torch CPU threads (default: torch's choice)")
+    command.add_argument("--resume", action="store_true", help="go on from each stage's last checkpoint")
+    command.add_argument(
+        "--checkpoint-every", type=int, default=200, help="steps between checkpoints (default 200; the last is saved)"
+    )
     args = parser.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
     if not args.config.exists():
         print(f"python -m diffsteer.worlds.shapes: error: no config file {args.config}", file=sys.stderr)
         return 2
-    train(args.config, args.out, list(STAGES) if args.stage == "all" else [args.stage], args.cache)
+    if args.checkpoint_every < 1:
+        print("python -m diffsteer.worlds.shapes: error: --checkpoint-every must be at least 1", file=sys.stderr)
+        return 2
+    stages = list(STAGES) if args.stage == "all" else [args.stage]
+    train(args.config, args.out, stages, args.cache, args.resume, args.checkpoint_every)
     return 0
 
 

@@ -60,6 +60,15 @@ class LossLog:
         self._window: list[float] = []
         self._start = time.perf_counter()
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"rows": self.rows, "window": self._window, "elapsed": time.perf_counter() - self._start}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        """Continue a resumed log: its rows, the open window and the time already spent (so `elapsed_s` counts every
+        session's training time)."""
+        self.rows, self._window = list(state["rows"]), list(state["window"])
+        self._start = time.perf_counter() - state["elapsed"]
+
     def add(self, step: int, loss: float) -> None:
         self._window.append(loss)
         if (step + 1) % self.every == 0 or step + 1 == self.total:
@@ -70,9 +79,108 @@ class LossLog:
             self._window = []
 
 
-def _batches(num_items: int, batch_size: int, generator: torch.Generator) -> Iterator[torch.Tensor]:
-    while True:
-        yield from torch.randperm(num_items, generator=generator).split(batch_size)
+class _Batches:
+    """Index batches over shuffled epochs, drawing each epoch's permutation from `generator` when the previous one
+    runs out (so the draws interleave with the training loop's own as they always have), with a state to resume."""
+
+    def __init__(self, num_items: int, batch_size: int, generator: torch.Generator) -> None:
+        self.num_items, self.batch_size, self.generator = num_items, batch_size, generator
+        self._order = torch.empty(0, dtype=torch.long)
+        self._position = 0
+
+    def __iter__(self) -> Iterator[torch.Tensor]:
+        return self
+
+    def __next__(self) -> torch.Tensor:
+        if self._position >= len(self._order):
+            self._order, self._position = torch.randperm(self.num_items, generator=self.generator), 0
+        batch = self._order[self._position : self._position + self.batch_size]
+        self._position += self.batch_size
+        return batch
+
+    def state_dict(self) -> dict[str, Any]:
+        return {"order": self._order, "position": self._position}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self._order, self._position = state["order"], state["position"]
+
+
+class _GeneratorState:
+    """A `torch.Generator` seen as something with a state dict."""
+
+    def __init__(self, generator: torch.Generator) -> None:
+        self.generator = generator
+
+    def state_dict(self) -> torch.Tensor:
+        return self.generator.get_state()
+
+    def load_state_dict(self, state: torch.Tensor) -> None:
+        self.generator.set_state(state)
+
+
+class _TensorDict:
+    """A dict of tensors (EMA weights) seen as something with a state dict; loading copies in place."""
+
+    def __init__(self, tensors: dict[str, torch.Tensor]) -> None:
+        self.tensors = tensors
+
+    def state_dict(self) -> dict[str, torch.Tensor]:
+        return self.tensors
+
+    def load_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        for name, value in state.items():
+            self.tensors[name].copy_(value)
+
+
+class Checkpoint:
+    """A stage's whole training state (models, optimiser, schedule, EMA, random generator, batch order, loss log)
+    saved every `every` steps, so that a run ended by a session's stop resumes where it was, bit for bit.
+
+    Args:
+        path: the file (written atomically: a partial write never replaces a good checkpoint).
+        every: steps between saves; the last step is always saved.
+    """
+
+    def __init__(self, path: Path, every: int = 200) -> None:
+        if every < 1:
+            raise ValueError(f"every must be at least 1 step, got {every}.")
+        self.path, self.every = Path(path), every
+
+    def resume(self, state: dict[str, Any]) -> int:
+        """Load the saved state into `state`'s objects; the number of steps already done (0 without a file)."""
+        if not self.path.exists():
+            return 0
+        saved = torch.load(self.path, weights_only=False)
+        if set(saved["state"]) != set(state):
+            raise ValueError(f"{self.path} holds {sorted(saved['state'])}, not this stage's {sorted(state)}.")
+        for name, part in state.items():
+            part.load_state_dict(saved["state"][name])
+        print(f"resumed from {self.path} at step {saved['step']}", flush=True)
+        return saved["step"]
+
+    def save_if_due(self, steps_done: int, total: int, state: dict[str, Any]) -> None:
+        if steps_done % self.every and steps_done != total:
+            return
+        self.path.parent.mkdir(parents=True, exist_ok=True)
+        partial = self.path.with_suffix(".partial")
+        torch.save({"step": steps_done, "state": {name: part.state_dict() for name, part in state.items()}}, partial)
+        partial.replace(self.path)
+
+
+def _run(
+    total: int,
+    state: dict[str, Any],
+    checkpoint: Checkpoint | None,
+    step_fn: Callable[[int], float],
+    log: LossLog,
+) -> None:
+    """Steps `[resumed, total)` of a stage: `step_fn(step)` returns the step's loss; the state is checkpointed."""
+    state = {**state, "log": log}
+    start = checkpoint.resume(state) if checkpoint else 0
+    for step in range(start, total):
+        log.add(step, step_fn(step))
+        if checkpoint:
+            checkpoint.save_if_due(step + 1, total, state)
 
 
 def _schedule(warmup: int, total: int) -> Callable[[int], float]:
@@ -102,6 +210,13 @@ class _Optimizer:
         self.optimizer = torch.optim.AdamW(parameters, lr=config["learning_rate"], weight_decay=weight_decay)
         self.schedule = torch.optim.lr_scheduler.LambdaLR(self.optimizer, _schedule(warmup_steps, config["steps"]))
 
+    def state_dict(self) -> dict[str, Any]:
+        return {"optimizer": self.optimizer.state_dict(), "schedule": self.schedule.state_dict()}
+
+    def load_state_dict(self, state: dict[str, Any]) -> None:
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.schedule.load_state_dict(state["schedule"])
+
     def step(self, loss: torch.Tensor) -> None:
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
@@ -111,27 +226,33 @@ class _Optimizer:
         self.schedule.step()
 
 
-def train_vae(vae: torch.nn.Module, images: np.ndarray, config: dict[str, Any], seed: int) -> list[dict[str, float]]:
-    """L1 reconstruction plus a small KL term, on the full 64x64 scenes."""
+def train_vae(
+    vae: torch.nn.Module, images: np.ndarray, config: dict[str, Any], seed: int, checkpoint: Checkpoint | None = None
+) -> list[dict[str, float]]:
+    """L1 reconstruction plus a small KL term, on the full 64x64 scenes (resumed from `checkpoint` if it has one)."""
     generator = torch.Generator().manual_seed(seed)
     optimizer = _Optimizer(list(vae.parameters()), config, weight_decay=0.0, warmup_steps=50)
     log = LossLog("vae", config["steps"])
-    batches = _batches(len(images), config["batch_size"], generator)
+    batches = _Batches(len(images), config["batch_size"], generator)
     vae.train()
-    for step in range(config["steps"]):
+
+    def step(_: int) -> float:
         x = to_tensor(images[next(batches).numpy()])
         posterior = vae.encode(x).latent_dist
         z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
         reconstruction = vae.decode(z).sample
         loss = F.l1_loss(reconstruction, x) + config["kl_weight"] * posterior.kl().mean()
         optimizer.step(loss)
-        log.add(step, loss.item())
+        return loss.item()
+
+    state = {"vae": vae, "optimizer": optimizer, "generator": _GeneratorState(generator), "batches": batches}
+    _run(config["steps"], state, checkpoint, step, log)
     vae.eval()
     return log.rows
 
 
 def train_decoder(
-    vae: torch.nn.Module, images: np.ndarray, config: dict[str, Any], seed: int
+    vae: torch.nn.Module, images: np.ndarray, config: dict[str, Any], seed: int, checkpoint: Checkpoint | None = None
 ) -> list[dict[str, float]]:
     """Fine-tune the decoder alone (L1 plus squared error) with the encoder frozen.
 
@@ -145,9 +266,10 @@ def train_decoder(
         parameter.requires_grad_(True)
     optimizer = _Optimizer(decoder, config, weight_decay=0.0, warmup_steps=50)
     log = LossLog("decoder", config["steps"])
-    batches = _batches(len(images), config["batch_size"], generator)
+    batches = _Batches(len(images), config["batch_size"], generator)
     vae.eval()  # no dropout or batch statistics in either half; gradients flow through the decoder only
-    for step in range(config["steps"]):
+
+    def step(_: int) -> float:
         x = to_tensor(images[next(batches).numpy()])
         with torch.no_grad():
             posterior = vae.encode(x).latent_dist
@@ -155,7 +277,10 @@ def train_decoder(
         reconstruction = vae.decode(z).sample
         loss = F.l1_loss(reconstruction, x) + F.mse_loss(reconstruction, x)
         optimizer.step(loss)
-        log.add(step, loss.item())
+        return loss.item()
+
+    state = {"vae": vae, "optimizer": optimizer, "generator": _GeneratorState(generator), "batches": batches}
+    _run(config["steps"], state, checkpoint, step, log)
     vae.requires_grad_(True)
     return log.rows
 
@@ -182,24 +307,26 @@ def train_unet(
     captions: list[str],
     config: dict[str, Any],
     seed: int,
+    checkpoint: Checkpoint | None = None,
 ) -> tuple[list[dict[str, float]], dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """Epsilon or v prediction (as the scheduler says) on scaled latents, with the text encoder trained jointly and
     captions dropped to "" at `caption_dropout` (classifier-free guidance). Returns the log and the EMA weights of
-    both models."""
+    both models (resumed from `checkpoint` if it has one)."""
     generator = torch.Generator().manual_seed(seed)
     means, stds = latents
     parameters = [*unet.parameters(), *text_encoder.parameters()]
     optimizer = _Optimizer(parameters, config, weight_decay=1e-2, warmup_steps=config["warmup_steps"], clip_norm=1.0)
     ema = {name: p.detach().clone() for name, p in _named(unet, text_encoder)}
     log = LossLog("unet", config["steps"])
-    batches = _batches(len(captions), config["batch_size"], generator)
+    batches = _Batches(len(captions), config["batch_size"], generator)
     unet.train()
     text_encoder.train()
     tokens = tokenizer(
         [*captions, ""], padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt"
     )
     caption_ids, empty_ids = tokens.input_ids[:-1], tokens.input_ids[-1]
-    for step in range(config["steps"]):
+
+    def step(step: int) -> float:
         index = next(batches)
         z = means[index] + stds[index] * torch.randn(means[index].shape, generator=generator)
         z = z * config["scaling_factor"]
@@ -216,7 +343,17 @@ def train_unet(
             decay = min(config["ema_decay"], (1 + step) / (10 + step))
             for name, p in _named(unet, text_encoder):
                 ema[name].lerp_(p.detach(), 1 - decay)
-        log.add(step, loss.item())
+        return loss.item()
+
+    state = {
+        "unet": unet,
+        "text_encoder": text_encoder,
+        "optimizer": optimizer,
+        "ema": _TensorDict(ema),
+        "generator": _GeneratorState(generator),
+        "batches": batches,
+    }
+    _run(config["steps"], state, checkpoint, step, log)
     unet.eval()
     text_encoder.eval()
     unet_ema = {name[5:]: value for name, value in ema.items() if name.startswith("unet.")}
@@ -243,7 +380,13 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
 
 
 def train_clip(
-    model: torch.nn.Module, tokenizer: Any, images: np.ndarray, captions: list[str], config: dict[str, Any], seed: int
+    model: torch.nn.Module,
+    tokenizer: Any,
+    images: np.ndarray,
+    captions: list[str],
+    config: dict[str, Any],
+    seed: int,
+    checkpoint: Checkpoint | None = None,
 ) -> list[dict[str, float]]:
     """open_clip's contrastive loss on batches of distinct captions (a repeated caption would be a false negative)."""
     import open_clip
@@ -254,14 +397,18 @@ def train_clip(
     log = LossLog("clip", config["steps"])
     tokens = tokenizer(captions)
     model.train()
-    for step in range(config["steps"]):
+
+    def step(_: int) -> float:
         order = torch.randperm(len(captions), generator=generator)[: 4 * config["batch_size"]].tolist()
         index = list({captions[i]: i for i in order}.values())[: config["batch_size"]]
         x = to_tensor(images[index])  # [-1, 1] is the model's normalisation (mean 0.5, std 0.5)
         image_features, text_features, logit_scale = model(_augment(x, generator), tokens[index])[:3]
         loss = loss_fn(image_features, text_features, logit_scale)
         optimizer.step(loss)
-        log.add(step, loss.item())
+        return loss.item()
+
+    state = {"clip": model, "optimizer": optimizer, "generator": _GeneratorState(generator)}
+    _run(config["steps"], state, checkpoint, step, log)
     model.eval()
     return log.rows
 
