@@ -56,7 +56,8 @@ _NAMES = tuple(COLORS)
 class DetectedObject:
     """A shape found in an image: kind (`"circle"`, `"square"`, `"triangle"` or `"other"`), colour, centroid (x
     right, y down), equal-area radius, the overlap (IoU) with the fitted shape of its kind, and the best
-    superellipse exponent (2 for a disc, large for a square)."""
+    superellipse exponent on a soft-edged image (2 for a disc, large for a square; on a hard-edged one 2 for a
+    circle, infinity for a square and nan for a triangle)."""
 
     shape: str
     color: str
