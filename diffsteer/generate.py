@@ -384,6 +384,7 @@ def verdicts(images: list[Any], prompt: str) -> list[dict[str, Any]] | str:
     import numpy as np
 
     from diffsteer.worlds.shapes import evaluate, parse
+    from diffsteer.worlds.shapes.evaluator import OTHER
 
     try:
         parse(prompt)
@@ -397,7 +398,9 @@ def verdicts(images: list[Any], prompt: str) -> list[dict[str, Any]] | str:
                 "correct": verdict.correct,
                 "checks": verdict.checks,
                 "objects": [
-                    f"{obj.size} {obj.color} {obj.shape} at ({obj.x:.0f}, {obj.y:.0f})" for obj in verdict.objects
+                    f"{obj.size} {obj.color} {'shape of no named kind' if obj.shape == OTHER else obj.shape} "
+                    f"at ({obj.x:.0f}, {obj.y:.0f})"
+                    for obj in verdict.objects
                 ],
             }
         )

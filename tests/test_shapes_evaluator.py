@@ -152,3 +152,14 @@ def test_hard_edged_scenes_are_read_exactly():
     for _ in range(30):
         r, (x, y) = rng.uniform(5, 7), rng.uniform(12, 52, 2)
         assert [obj.shape for obj in detect(render([Shape("circle", "yellow", x, y, r)]))] == ["circle"], r
+
+
+def test_the_cli_summary_names_a_shape_of_no_known_kind():
+    from PIL import Image
+
+    from diffsteer.generate import verdicts
+
+    image = Image.fromarray(soften(draw(_roundish("half disc"), "purple"), 0.7, np.random.default_rng(5)))
+    (verdict,) = verdicts([image], "a purple circle")
+    assert not verdict["correct"]
+    assert verdict["objects"] == ["small purple shape of no named kind at (32, 28)"]
