@@ -157,7 +157,8 @@ def _classify_hard(component: np.ndarray) -> tuple[str, float, float]:
 
 def _classify_soft(alpha: np.ndarray) -> tuple[str, float, float]:
     """(kind, IoU, best superellipse exponent) of a soft-edged shape given as its coverage map."""
-    # Fit on the shape's bounding box plus a margin (blur and the largest template stay inside it): 5x faster.
+    # Fit on the coverage map's bounding box plus a margin, 8 pixels beyond the component in all (enough for the
+    # blur and for the templates of shapes up to the world's largest): 89 ms to 33 ms per generated image.
     rows, columns = np.nonzero(alpha)
     top, left = max(rows.min() - CROP_MARGIN, 0), max(columns.min() - CROP_MARGIN, 0)
     alpha = alpha[top : rows.max() + CROP_MARGIN + 1, left : columns.max() + CROP_MARGIN + 1]
