@@ -102,3 +102,15 @@ def test_resume_refuses_a_checkpoint_of_another_stage(tmp_path):
         Checkpoint(path).resume({"model": torch.nn.Linear(1, 1)})
     with pytest.raises(ValueError, match="every must be at least 1"):
         Checkpoint(path, every=0)
+
+
+def test_corner_weights_weigh_the_three_by_three_corners_only():
+    from diffsteer.worlds.shapes.training import corner_weights
+
+    weights = corner_weights(8, 300.0)
+    heavy = weights == 300.0
+    assert heavy.sum() == 4 * 9 and (weights[~heavy] == 1).all()
+    assert heavy[:3, :3].all() and heavy[-3:, -3:].all() and heavy[:3, -3:].all() and heavy[-3:, :3].all()
+    assert not heavy[3:-3].any() and not heavy[:, 3:-3].any()
+    with pytest.raises(ValueError, match="corner_weight must be at least 1"):
+        corner_weights(8, 0.5)

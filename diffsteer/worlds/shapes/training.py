@@ -251,6 +251,23 @@ def train_vae(
     return log.rows
 
 
+def corner_weights(size: int, weight: float, width: int = 3) -> torch.Tensor:
+    """A (size, size) loss weight: `weight` on the `width` x `width` pixels at each corner, 1 elsewhere.
+
+    Why: the decoder's convolutions pad with zeros, and a corner pixel is the only one padded on two sides. Under an
+    unweighted loss its error is 4 pixels in 4096, so the decoder never learns to cancel it: the shipped decoder
+    tinted every corner (bottom right about (189, 204, 220) on a (245, 245, 240) background, 36 levels off on
+    average). Weighted 300 times, 150 fine-tuning steps bring the corner error to about 1 level.
+    """
+    if weight < 1:
+        raise ValueError(f"corner_weight must be at least 1, got {weight}.")
+    weights = torch.ones(size, size)
+    for rows in (slice(0, width), slice(size - width, size)):
+        for columns in (slice(0, width), slice(size - width, size)):
+            weights[rows, columns] = weight
+    return weights
+
+
 def train_decoder(
     vae: torch.nn.Module, images: np.ndarray, config: dict[str, Any], seed: int, checkpoint: Checkpoint | None = None
 ) -> list[dict[str, float]]:
@@ -258,6 +275,7 @@ def train_decoder(
 
     The latents stay exactly what the UNet trains on, so this stage can run before or after the UNet. Squared error
     weighs the large, rare errors inside shapes (a red triangle decoded with an orange core) that L1 leaves.
+    `config["corner_weight"]` (if given) weighs the 3x3 pixels at each corner that much more: see `corner_weights`.
     """
     generator = torch.Generator().manual_seed(seed)
     decoder = [*vae.decoder.parameters(), *vae.post_quant_conv.parameters()]
@@ -268,6 +286,8 @@ def train_decoder(
     log = LossLog("decoder", config["steps"])
     batches = _Batches(len(images), config["batch_size"], generator)
     vae.eval()  # no dropout or batch statistics in either half; gradients flow through the decoder only
+    weight = config.get("corner_weight")
+    weights = None if weight is None else corner_weights(images.shape[1], weight)
 
     def step(_: int) -> float:
         x = to_tensor(images[next(batches).numpy()])
@@ -275,7 +295,11 @@ def train_decoder(
             posterior = vae.encode(x).latent_dist
             z = posterior.mean + posterior.std * torch.randn(posterior.mean.shape, generator=generator)
         reconstruction = vae.decode(z).sample
-        loss = F.l1_loss(reconstruction, x) + F.mse_loss(reconstruction, x)
+        if weights is None:
+            loss = F.l1_loss(reconstruction, x) + F.mse_loss(reconstruction, x)
+        else:
+            error = reconstruction - x
+            loss = ((error.abs() + error.square()) * weights).mean() / weights.mean()
         optimizer.step(loss)
         return loss.item()
 
