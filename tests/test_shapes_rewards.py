@@ -42,3 +42,31 @@ def test_shapes_clip_without_weights_names_the_train_command(tmp_path):
     (tmp_path / "shapes-clip.json").write_text("{}")
     with pytest.raises(FileNotFoundError, match=r"python -m diffsteer\.worlds\.shapes train --stage clip"):
         rewards.load("shapes-clip", pretrained=tmp_path)
+
+
+def test_shapes_itm_is_a_differentiable_log_probability_on_random_weights():
+    reward = rewards.load("shapes-itm", pretrained=None)  # random weights: mechanics only
+    images = _images(["a red circle", "two green squares"]).requires_grad_(True)
+    scores = reward(images, ["a red circle", "two green squares"])
+    assert scores.shape == (2,) and torch.isfinite(scores).all() and (scores <= 0).all()
+    scores.sum().backward()
+    assert images.grad is not None and images.grad.abs().sum() > 0
+    larger = torch.nn.functional.interpolate(images.detach(), size=128, mode="nearest")  # resized to 64 first
+    torch.testing.assert_close(
+        reward(larger, ["a red circle", "two green squares"]), scores.detach(), atol=5e-3, rtol=0
+    )
+
+
+def test_shapes_itm_saves_and_loads_its_weights_config_and_tokenizer(tmp_path):
+    from diffsteer.rewards.shapes_itm import save_matcher
+
+    reward = rewards.load("shapes-itm", pretrained=None)
+    save_matcher(reward.model, tmp_path, reward.tokenizer)
+    loaded = rewards.load("shapes-itm", pretrained=tmp_path)
+    images, prompts = _images(["a blue square above a red triangle"] * 2), ["a blue square above a red triangle", "x"]
+    torch.testing.assert_close(loaded(images, prompts), reward(images, prompts))
+
+
+def test_shapes_itm_without_weights_names_the_train_command(tmp_path):
+    with pytest.raises(FileNotFoundError, match=r"python -m diffsteer\.worlds\.shapes train --stage itm"):
+        rewards.load("shapes-itm", pretrained=tmp_path)

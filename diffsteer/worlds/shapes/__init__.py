@@ -22,12 +22,14 @@ from diffsteer.worlds.shapes.scenes import COLORS, IMAGE_SIZE, SHAPES, Shape, re
 WEIGHTS = Path(__file__).parent / "weights"
 MODEL_PATH = WEIGHTS / "pipeline"  # a diffusers StableDiffusionPipeline folder
 CLIP_PATH = WEIGHTS / "clip"  # the open_clip model behind the `shapes-clip` reward
+ITM_PATH = WEIGHTS / "itm"  # the image-text matching model behind the `shapes-itm` reward
 
 __all__ = [
     "CATEGORIES",
     "CLIP_PATH",
     "COLORS",
     "IMAGE_SIZE",
+    "ITM_PATH",
     "MODEL_PATH",
     "SHAPES",
     "DetectedObject",

@@ -21,14 +21,14 @@ import numpy as np
 import torch
 import yaml
 
-from diffsteer.worlds.shapes import CLIP_PATH, MODEL_PATH
+from diffsteer.worlds.shapes import CLIP_PATH, ITM_PATH, MODEL_PATH
 
 
 if TYPE_CHECKING:
     from diffsteer.worlds.shapes.training import Checkpoint
 
 
-STAGES = ("vae", "decoder", "unet", "clip")
+STAGES = ("vae", "decoder", "unet", "clip", "itm")
 
 
 def _dataset(config: dict, cache: Path) -> tuple[np.ndarray, list[str]]:
@@ -71,7 +71,7 @@ def train(
         return _checkpoint(config, cache, stage, resume, checkpoint_every)
 
     images, captions = _dataset(config, cache)
-    pipeline_dir, clip_dir = out / MODEL_PATH.name, out / CLIP_PATH.name
+    pipeline_dir, clip_dir, itm_dir = out / MODEL_PATH.name, out / CLIP_PATH.name, out / ITM_PATH.name
     if "vae" in stages:
         torch.manual_seed(seed)
         vae = build.build_vae(config["vae"]["model"])
@@ -137,6 +137,29 @@ def train(
         # Half precision on disk halves the file (the 49408-token embedding is most of it); loading casts back.
         save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, clip_dir / "model.safetensors")
         training.write_log(clip_dir / "training_log.json", "clip", rows, {"config": config["clip"]})
+
+    if "itm" in stages:
+        from diffsteer.rewards.shapes_itm import MatcherConfig, ShapesMatcher, save_matcher
+        from diffsteer.worlds.shapes.matching import matching_dataset
+
+        itm = config["itm"]
+        print(f"drawing {itm['scenes']} scenes with true and false captions ...", flush=True)
+        examples = matching_dataset(
+            itm["scenes"], config["data"]["mixed_fraction"], seed + 4, itm["degraded_fraction"]
+        )
+        tokenizer = build.build_tokenizer(itm_dir / "tokenizer")
+        torch.manual_seed(seed + 4)
+        model = ShapesMatcher(
+            MatcherConfig(
+                **itm["model"],
+                max_tokens=tokenizer.model_max_length,
+                vocab_size=len(tokenizer),
+                pad_token_id=tokenizer.pad_token_id,
+            )
+        )
+        rows = training.train_itm(model, tokenizer, examples, itm, seed + 4, checkpoint("itm"))
+        save_matcher(model, itm_dir, tokenizer)
+        training.write_log(itm_dir / "training_log.json", "itm", rows, {"config": itm})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -30,7 +30,7 @@ import torch
 from scipy import ndimage
 
 from diffsteer.worlds.shapes.captions import Requirements, parse
-from diffsteer.worlds.shapes.scenes import BACKGROUND, COLORS, IMAGE_SIZE, relation_holds, shape_mask
+from diffsteer.worlds.shapes.scenes import BACKGROUND, COLORS, IMAGE_SIZE, Shape, relation_holds, shape_mask
 
 
 FOREGROUND_DISTANCE = 90.0  # RGB distance from the background beyond which a pixel belongs to a shape
@@ -240,7 +240,12 @@ def evaluate(image: np.ndarray | torch.Tensor, caption: str | Requirements) -> V
         caption: a caption (parsed with `diffsteer.worlds.shapes.parse`) or its requirements.
     """
     required = parse(caption) if isinstance(caption, str) else caption
-    objects = detect(image)
+    return judge(required, detect(image))
+
+
+def judge(required: Requirements, objects: list[DetectedObject]) -> Verdict:
+    """The caption's checks on a list of objects: those `detect` found, or a rendered scene's own shapes (see
+    `scene_objects`), where the verdict is the caption's truth by construction."""
     attributes = ["shape"]
     if any(obj.color for obj in required.objects):
         attributes.append("color")
@@ -258,3 +263,9 @@ def evaluate(image: np.ndarray | torch.Tensor, caption: str | Requirements) -> V
         checks[attribute] = any(_matches(required, chosen, judged) for chosen in assignments)
     correct = count_ok and any(_matches(required, chosen, tuple(attributes)) for chosen in assignments)
     return Verdict(correct, checks, objects)
+
+
+def scene_objects(scene: tuple[Shape, ...] | list[Shape]) -> list[DetectedObject]:
+    """A rendered scene's shapes as exact detections (what a perfect `detect` would return)."""
+    objects = [DetectedObject(s.kind, s.color, s.x, s.y, s.r, 1.0) for s in scene]
+    return sorted(objects, key=lambda obj: (round(obj.y), obj.x))

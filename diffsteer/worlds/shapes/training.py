@@ -437,6 +437,46 @@ def train_clip(
     return log.rows
 
 
+def train_itm(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    examples: list[Any],
+    config: dict[str, Any],
+    seed: int,
+    checkpoint: Checkpoint | None = None,
+) -> list[dict[str, float]]:
+    """Binary cross-entropy of image-text matching: each image of a batch with one of its true captions (label 1)
+    and one of its false ones (label 0), half the images blurred and noised as early x0-hats are (`_augment`)."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = _Optimizer(list(model.parameters()), config, weight_decay=0.05, warmup_steps=config["warmup_steps"])
+    log = LossLog("itm", config["steps"])
+    batches = _Batches(len(examples), config["batch_size"], generator)
+    images = np.stack([example.image for example in examples])
+    model.train()
+
+    def pick(options: tuple[str, ...]) -> str:
+        return options[int(torch.randint(len(options), (1,), generator=generator))]
+
+    def step(_: int) -> float:
+        index = next(batches).tolist()
+        chosen = [examples[i] for i in index]
+        x = _augment(to_tensor(images[index]), generator)
+        captions, labels = [], []
+        for example in chosen:  # a true caption and a false one per image (a second true one if it has no false)
+            captions += [pick(example.positives), pick(example.negatives or example.positives)]
+            labels += [1.0, float(not example.negatives)]
+        tokens = tokenizer(captions, padding="max_length", max_length=tokenizer.model_max_length, return_tensors="pt")
+        logits = model(x, tokens.input_ids, tokens.attention_mask, captions_per_image=2)
+        loss = F.binary_cross_entropy_with_logits(logits, torch.tensor(labels))
+        optimizer.step(loss)
+        return loss.item()
+
+    state = {"itm": model, "optimizer": optimizer, "generator": _GeneratorState(generator), "batches": batches}
+    _run(config["steps"], state, checkpoint, step, log)
+    model.eval()
+    return log.rows
+
+
 def write_log(path: Path, stage: str, rows: list[dict[str, float]], extra: dict[str, Any]) -> None:
     """Add a stage's losses to the training log (JSON) next to the weights."""
     log = json.loads(path.read_text()) if path.exists() else {}
