@@ -92,12 +92,13 @@ class ShapesMatcher(nn.Module):
 
 
 def save_matcher(model: ShapesMatcher, directory: str | os.PathLike, tokenizer: Any) -> None:
-    """Weights (safetensors), `config.json` and the tokenizer, in one folder `ShapesITM` loads."""
+    """Weights (safetensors, half precision: it halves the shipped file; loading casts back), `config.json` and the
+    tokenizer, in one folder `ShapesITM` loads."""
     from safetensors.torch import save_file
 
     directory = Path(directory)
     directory.mkdir(parents=True, exist_ok=True)
-    save_file({k: v.contiguous() for k, v in model.state_dict().items()}, directory / WEIGHTS_FILE)
+    save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, directory / WEIGHTS_FILE)
     (directory / CONFIG_FILE).write_text(json.dumps(asdict(model.config), indent=1) + "\n")
     tokenizer.save_pretrained(directory / TOKENIZER_DIR)
 
@@ -161,7 +162,7 @@ class ShapesITM(Reward):
                 )
             config = MatcherConfig(**json.loads((directory / CONFIG_FILE).read_text()))
             model = ShapesMatcher(config)
-            model.load_state_dict(load_file(directory / WEIGHTS_FILE))
+            model.load_state_dict({k: v.float() for k, v in load_file(directory / WEIGHTS_FILE).items()})
             tokenizer = CLIPTokenizer.from_pretrained(directory / TOKENIZER_DIR)
         self.model = model.to(device).eval().requires_grad_(False)
         self.tokenizer = tokenizer
