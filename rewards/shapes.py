@@ -21,6 +21,22 @@ def _shipped_clip() -> Path:
     return CLIP_PATH
 
 
+def shipped_weights(
+    reward: str, pretrained: str | os.PathLike | None, shipped: Path, file: str, stage: str
+) -> Path | None:
+    """The weights folder a shapes-world reward loads: the shipped one for "shipped", None for random weights, else
+    `pretrained`; a clear error, naming the training stage that writes it, where the folder lacks `file`."""
+    if pretrained is None:
+        return None
+    directory = shipped if pretrained == "shipped" else Path(pretrained)
+    if not (directory / file).is_file():
+        raise FileNotFoundError(
+            f"Reward {reward!r}: no {directory / file}; train it with `python -m diffsteer.worlds.shapes train "
+            f"--stage {stage}` or pass pretrained=None for a random model."
+        )
+    return directory
+
+
 def register_open_clip_config(directory: str | os.PathLike) -> None:
     """Make open_clip know the `shapes-clip` architecture from `<directory>/shapes-clip.json` (once)."""
     import open_clip
@@ -58,21 +74,13 @@ class ShapesCLIP(OpenCLIPReward):
     ) -> None:
         import open_clip
 
-        directory = (
-            _shipped_clip() if pretrained == "shipped" else Path(pretrained) if pretrained is not None else None
-        )
+        directory = shipped_weights(CLIP_MODEL_NAME, pretrained, _shipped_clip(), "model.safetensors", "clip")
         register_open_clip_config(directory or _shipped_clip())
         model = open_clip_architecture(CLIP_MODEL_NAME)
         if directory is not None:
             from safetensors.torch import load_file
 
-            file = directory / "model.safetensors"
-            if not file.is_file():
-                raise FileNotFoundError(
-                    f"Reward 'shapes-clip': no {file}; train it with `python -m diffsteer.worlds.shapes train "
-                    "--stage clip` or pass pretrained=None for a random model."
-                )
-            model.load_state_dict({k: v.float() for k, v in load_file(file).items()})
+            model.load_state_dict({k: v.float() for k, v in load_file(directory / "model.safetensors").items()})
         super().__init__(model.to(device), open_clip.get_tokenizer(CLIP_MODEL_NAME), batch_size=batch_size)
         self.mean = self.std = (0.5, 0.5, 0.5)  # training fed images in [-1, 1]
 

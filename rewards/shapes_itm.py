@@ -18,6 +18,7 @@ from diffsteer.rewards.base import Reward
 from diffsteer.rewards.blip import BlipTextEncoder, TextConfig
 from diffsteer.rewards.image_reward import VisionConfig, build_vision_transformer
 from diffsteer.rewards.registry import register
+from diffsteer.rewards.shapes import shipped_weights
 from diffsteer.rewards.transforms import resize_center_crop
 
 
@@ -140,7 +141,7 @@ class ShapesITM(Reward):
         from transformers import CLIPTokenizer
 
         super().__init__(batch_size=batch_size)
-        directory = _shipped() if pretrained == "shipped" else Path(pretrained) if pretrained is not None else None
+        directory = shipped_weights("shapes-itm", pretrained, _shipped(), WEIGHTS_FILE, "itm")
         if directory is None:
             import tempfile
 
@@ -155,11 +156,6 @@ class ShapesITM(Reward):
         else:
             from safetensors.torch import load_file
 
-            if not (directory / WEIGHTS_FILE).is_file():
-                raise FileNotFoundError(
-                    f"Reward 'shapes-itm': no {directory / WEIGHTS_FILE}; train it with `python -m "
-                    "diffsteer.worlds.shapes train --stage itm` or pass pretrained=None for a random model."
-                )
             config = MatcherConfig(**json.loads((directory / CONFIG_FILE).read_text()))
             model = ShapesMatcher(config)
             model.load_state_dict({k: v.float() for k, v in load_file(directory / WEIGHTS_FILE).items()})

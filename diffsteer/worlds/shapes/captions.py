@@ -195,3 +195,26 @@ def scene_for(requirements: Requirements, rng: np.random.Generator) -> tuple[Sha
         colors.append(obj.color or str(rng.choice(list(COLORS))))
         radii.append(float(rng.uniform(low, high)))
     return place(kinds, colors, radii, rng, relation=requirements.relation)
+
+
+def draw_scenes(
+    num_scenes: int, mixed_fraction: float, rng: np.random.Generator
+) -> list[tuple[Requirements, str, tuple[Shape, ...]]]:
+    """`num_scenes` training scenes as (requirements, caption, scene): a category drawn uniformly and a training
+    caption of it, or (with probability `mixed_fraction`) a free-form caption; never a held-out one. The training
+    data of every learned part of the world (UNet, CLIP, matcher) is drawn by this one loop."""
+    held_out = {caption for captions in held_out_prompts().values() for caption in captions}
+    by_category = training_captions()
+    drawn = []
+    while len(drawn) < num_scenes:
+        if rng.random() < mixed_fraction:
+            requirements = random_requirements(rng)
+            caption = caption_of(requirements)
+            if caption in held_out:
+                continue
+        else:
+            options = by_category[CATEGORIES[rng.integers(len(CATEGORIES))]]
+            caption = options[rng.integers(len(options))]
+            requirements = parse(caption)
+        drawn.append((requirements, caption, scene_for(requirements, rng)))
+    return drawn

@@ -12,16 +12,13 @@ import numpy as np
 from scipy import ndimage
 
 from diffsteer.worlds.shapes.captions import (
-    CATEGORIES,
     RELATIONS,
     ObjectRequirement,
     Requirements,
     caption_of,
+    draw_scenes,
     held_out_prompts,
     parse,
-    random_requirements,
-    scene_for,
-    training_captions,
 )
 from diffsteer.worlds.shapes.evaluator import DetectedObject, judge, scene_objects
 from diffsteer.worlds.shapes.scenes import BACKGROUND, COLORS, RELATION_MARGIN, SHAPES, SIZE_RANGES, relation_holds
@@ -108,9 +105,10 @@ def _expressible(requirements: Requirements) -> str | None:
     """The grammar's caption for requirements, or None where the grammar cannot say it."""
     try:
         caption = caption_of(requirements)
-        return caption if parse(caption) is not None else None
+        parse(caption)  # raises where the grammar cannot read its own caption back (e.g. too many shapes)
     except (KeyError, ValueError):
         return None
+    return caption
 
 
 def hard_negatives(
@@ -168,22 +166,10 @@ def matching_dataset(
     as a positive or as a negative."""
     rng = np.random.default_rng(seed)
     held_out = {caption for captions in held_out_prompts().values() for caption in captions}
-    by_category = training_captions()
-    scenes, captions = [], []
-    while len(scenes) < num_scenes:
-        if rng.random() < mixed_fraction:
-            requirements = random_requirements(rng)
-            caption = caption_of(requirements)
-            if caption in held_out:
-                continue
-        else:
-            options = by_category[CATEGORIES[rng.integers(len(CATEGORIES))]]
-            caption = options[rng.integers(len(options))]
-            requirements = parse(caption)
-        scenes.append((requirements, scene_for(requirements, rng)))
-        captions.append(caption)
+    drawn = draw_scenes(num_scenes, mixed_fraction, rng)
+    captions = [caption for _, caption, _ in drawn]
     examples = []
-    for index, ((requirements, scene), caption) in enumerate(zip(scenes, captions, strict=True)):
+    for index, (requirements, caption, scene) in enumerate(drawn):
         objects = scene_objects(scene)
         image = degrade(scene, rng) if rng.random() < degraded_fraction else render_scene(scene)
         negatives = hard_negatives(requirements, objects, rng, held_out, hard)

@@ -12,38 +12,14 @@ import numpy as np
 import torch
 import torch.nn.functional as F
 
-from diffsteer.worlds.shapes.captions import (
-    CATEGORIES,
-    caption_of,
-    held_out_prompts,
-    parse,
-    random_requirements,
-    scene_for,
-    training_captions,
-)
+from diffsteer.worlds.shapes.captions import draw_scenes
 from diffsteer.worlds.shapes.scenes import render
 
 
 def render_dataset(num_scenes: int, mixed_fraction: float, seed: int) -> tuple[np.ndarray, list[str]]:
-    """`num_scenes` rendered scenes, uint8 (N, 64, 64, 3), and their captions: a category drawn uniformly and a
-    training caption of it, or (with probability `mixed_fraction`) a free-form caption; never a held-out one."""
-    rng = np.random.default_rng(seed)
-    held_out = {caption for captions in held_out_prompts().values() for caption in captions}
-    by_category = training_captions()
-    images, captions = [], []
-    while len(captions) < num_scenes:
-        if rng.random() < mixed_fraction:
-            requirements = random_requirements(rng)
-            caption = caption_of(requirements)
-            if caption in held_out:
-                continue
-        else:
-            options = by_category[CATEGORIES[rng.integers(len(CATEGORIES))]]
-            caption = options[rng.integers(len(options))]
-            requirements = parse(caption)
-        images.append(render(scene_for(requirements, rng)))
-        captions.append(caption)
-    return np.stack(images), captions
+    """`num_scenes` rendered scenes, uint8 (N, 64, 64, 3), and their captions, drawn by `draw_scenes`."""
+    drawn = draw_scenes(num_scenes, mixed_fraction, np.random.default_rng(seed))
+    return np.stack([render(scene) for _, _, scene in drawn]), [caption for _, caption, _ in drawn]
 
 
 def to_tensor(images: np.ndarray) -> torch.Tensor:
