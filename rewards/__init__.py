@@ -21,7 +21,7 @@ from diffsteer.rewards.image_reward import ImageReward
 from diffsteer.rewards.pickscore import PickScore
 from diffsteer.rewards.pixel import Brightness, Colorfulness, JpegCompressibility, JpegIncompressibility, TargetColor
 from diffsteer.rewards.registry import RewardSpec, available, get_spec, load, register
-from diffsteer.rewards.shapes import ShapesCLIP, ShapesEval
+from diffsteer.rewards.shapes import ShapesCLIP, ShapesEval, ShapesNegCLIP
 from diffsteer.rewards.shapes_itm import ShapesITM
 
 
@@ -44,6 +44,7 @@ __all__ = [
     "ShapesCLIP",
     "ShapesEval",
     "ShapesITM",
+    "ShapesNegCLIP",
     "TargetColor",
     "WeightedSum",
     "available",

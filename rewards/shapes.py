@@ -21,6 +21,12 @@ def _shipped_clip() -> Path:
     return CLIP_PATH
 
 
+def _shipped_negclip() -> Path:
+    from diffsteer.worlds.shapes import NEGCLIP_PATH
+
+    return NEGCLIP_PATH
+
+
 def shipped_weights(
     reward: str, pretrained: str | os.PathLike | None, shipped: Path, file: str, stage: str
 ) -> Path | None:
@@ -64,6 +70,11 @@ class ShapesCLIP(OpenCLIPReward):
 
     differentiable = True
     needs_prompts = True
+    name, stage = CLIP_MODEL_NAME, "clip"  # the reward and the training stage that writes its weights
+
+    @staticmethod
+    def shipped() -> Path:
+        return _shipped_clip()
 
     def __init__(
         self,
@@ -74,7 +85,7 @@ class ShapesCLIP(OpenCLIPReward):
     ) -> None:
         import open_clip
 
-        directory = shipped_weights(CLIP_MODEL_NAME, pretrained, _shipped_clip(), "model.safetensors", "clip")
+        directory = shipped_weights(self.name, pretrained, self.shipped(), "model.safetensors", self.stage)
         register_open_clip_config(directory or _shipped_clip())
         model = open_clip_architecture(CLIP_MODEL_NAME)
         if directory is not None:
@@ -86,6 +97,32 @@ class ShapesCLIP(OpenCLIPReward):
 
     def score(self, images: torch.Tensor, prompts: list[str] | None) -> torch.Tensor:
         return 100 * (self.image_features(images) * self.text_features(prompts)).sum(-1)
+
+
+@register(
+    "shapes-negclip",
+    source="shipped in the package (diffsteer/worlds/shapes/weights/negclip)",
+    differentiable=True,
+    summary="100 x cosine(image, prompt) under shapes-clip fine-tuned against one-edit hard-negative captions",
+)
+class ShapesNegCLIP(ShapesCLIP):
+    """CLIP score, `100 * cos(image, prompt)`, under `shapes-clip` fine-tuned as NegCLIP is: each image's row of the
+    contrastive loss also holds its own one-edit false captions (a colour, shape, count, relation or size changed),
+    on rendered scenes some of which are degraded like a decoder's output. The labels come from the scenes, never
+    from the evaluator. Same scale as `shapes-clip`, so steering settings carry over.
+
+    Args:
+        pretrained: "shipped" (default) or a folder holding `shapes-clip.json` and `model.safetensors`, or `None`
+            for random weights (tests).
+        device: where to run the model (default CPU).
+        batch_size: images per forward pass.
+    """
+
+    name, stage = "shapes-negclip", "negclip"
+
+    @staticmethod
+    def shipped() -> Path:
+        return _shipped_negclip()
 
 
 @register(

@@ -73,7 +73,7 @@ def test_shipped_weights_are_small_safetensors():
     files = [path for path in WEIGHTS.rglob("*") if path.is_file()]
     weights = [path for path in files if path.suffix in {".bin", ".safetensors", ".pt", ".ckpt"}]
     assert weights and all(path.suffix == ".safetensors" for path in weights)
-    assert sum(path.stat().st_size for path in files) < 20 * 2**20
+    assert sum(path.stat().st_size for path in files) < 40 * 2**20  # the budget for the package's weights
 
 
 def _mismatch(requirements: Requirements, draw: random.Random) -> Requirements:
@@ -97,10 +97,13 @@ def _mismatch(requirements: Requirements, draw: random.Random) -> Requirements:
     return Requirements(tuple(objects), requirements.relation)
 
 
-# Chance is 1/2. Measured: shapes-clip ranks 96 of 105 edits and 103 of 105 others right, shapes-itm 82 and 102; a
-# binomial std at those rates is 0.028 and 0.013 (clip), 0.040 and 0.016 (itm), so each bar sits about 4 std below
-# the measured rate and far above chance.
-@pytest.mark.parametrize(("name", "edited_bar", "other_bar"), [("shapes-clip", 0.8, 0.93), ("shapes-itm", 0.62, 0.9)])
+# Chance is 1/2. Measured: shapes-clip ranks 96 of 105 edits and 103 of 105 others right, shapes-itm 82 and 102,
+# shapes-negclip 98 and 102; a binomial std at those rates is 0.028 and 0.013 (clip), 0.040 and 0.016 (itm), 0.024
+# and 0.016 (negclip), so each bar sits about 4 std below the measured rate and far above chance.
+@pytest.mark.parametrize(
+    ("name", "edited_bar", "other_bar"),
+    [("shapes-clip", 0.8, 0.93), ("shapes-itm", 0.62, 0.9), ("shapes-negclip", 0.83, 0.9)],
+)
 def test_shipped_rewards_rank_matching_captions_above_mismatched_ones(name, edited_bar, other_bar):
     """On scenes rendered from the held-out captions (which neither the model nor the rewards trained on), the caption
     scores above the same caption with one thing changed, and above another held-out caption the scene fails."""

@@ -44,6 +44,16 @@ def test_shapes_clip_without_weights_names_the_train_command(tmp_path):
         rewards.load("shapes-clip", pretrained=tmp_path)
 
 
+def test_shapes_negclip_is_shapes_clip_on_its_own_weights(tmp_path):
+    shipped = rewards.load("shapes-negclip")
+    assert shipped.shipped().name == "negclip" and shipped.shipped() != rewards.load("shapes-clip").shipped()
+    images, prompts = _images(["a red circle", "two green squares"]), ["a red circle", "two green squares"]
+    assert not torch.allclose(shipped(images, prompts), rewards.load("shapes-clip")(images, prompts))
+    (tmp_path / "shapes-clip.json").write_text("{}")
+    with pytest.raises(FileNotFoundError, match=r"python -m diffsteer\.worlds\.shapes train --stage negclip"):
+        rewards.load("shapes-negclip", pretrained=tmp_path)
+
+
 def test_shapes_itm_is_a_differentiable_log_probability_on_random_weights():
     reward = rewards.load("shapes-itm", pretrained=None)  # random weights: mechanics only
     images = _images(["a red circle", "two green squares"]).requires_grad_(True)

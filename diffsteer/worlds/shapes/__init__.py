@@ -22,6 +22,7 @@ from diffsteer.worlds.shapes.scenes import COLORS, IMAGE_SIZE, SHAPES, Shape, re
 WEIGHTS = Path(__file__).parent / "weights"
 MODEL_PATH = WEIGHTS / "pipeline"  # a diffusers StableDiffusionPipeline folder
 CLIP_PATH = WEIGHTS / "clip"  # the open_clip model behind the `shapes-clip` reward
+NEGCLIP_PATH = WEIGHTS / "negclip"  # shapes-clip fine-tuned against hard negatives: the `shapes-negclip` reward
 ITM_PATH = WEIGHTS / "itm"  # the image-text matching model behind the `shapes-itm` reward
 
 __all__ = [
@@ -31,6 +32,7 @@ __all__ = [
     "IMAGE_SIZE",
     "ITM_PATH",
     "MODEL_PATH",
+    "NEGCLIP_PATH",
     "SHAPES",
     "DetectedObject",
     "ObjectRequirement",

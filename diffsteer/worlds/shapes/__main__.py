@@ -1,8 +1,9 @@
 """`python -m diffsteer.worlds.shapes train --config configs/shapes.yaml`: train the shapes world.
 
 Stages: `vae` (the autoencoder), `decoder` (its decoder fine-tuned with the encoder frozen, so the latents do not
-change), `unet` (the UNet and text encoder on the autoencoder's latents), `clip` (the `shapes-clip` reward); `all`
-runs them in order. Weights go to `--out` (by default the package's own folder, which is what ships), with the
+change), `unet` (the UNet and text encoder on the autoencoder's latents), `clip` (the `shapes-clip` reward), `negclip`
+(`shapes-negclip`: that CLIP fine-tuned against hard-negative captions), `itm` (the `shapes-itm` reward); `all` runs
+them in order. Weights go to `--out` (by default the package's own folder, which is what ships), with the
 losses in `training_log.json`.
 
 Every stage saves its whole training state every `--checkpoint-every` steps under `--cache`/checkpoints (one folder
@@ -21,14 +22,14 @@ import numpy as np
 import torch
 import yaml
 
-from diffsteer.worlds.shapes import CLIP_PATH, ITM_PATH, MODEL_PATH
+from diffsteer.worlds.shapes import CLIP_PATH, ITM_PATH, MODEL_PATH, NEGCLIP_PATH
 
 
 if TYPE_CHECKING:
     from diffsteer.worlds.shapes.training import Checkpoint
 
 
-STAGES = ("vae", "decoder", "unet", "clip", "itm")
+STAGES = ("vae", "decoder", "unet", "clip", "negclip", "itm")
 
 
 def _dataset(config: dict, cache: Path) -> tuple[np.ndarray, list[str]]:
@@ -56,6 +57,21 @@ def _checkpoint(config: dict, cache: Path, stage: str, resume: bool, every: int)
     return training.Checkpoint(path, every)
 
 
+def _save_clip(model: torch.nn.Module, directory: Path, architecture_from: Path) -> None:
+    """An open_clip model in the folder `ShapesCLIP` loads: its architecture file and its weights."""
+    import shutil
+
+    from safetensors.torch import save_file
+
+    from diffsteer.rewards.shapes import CLIP_MODEL_NAME
+
+    directory.mkdir(parents=True, exist_ok=True)
+    if directory != architecture_from:
+        shutil.copy(architecture_from / f"{CLIP_MODEL_NAME}.json", directory)
+    # Half precision on disk halves the file (the 49408-token embedding is most of it); loading casts back.
+    save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, directory / "model.safetensors")
+
+
 def train(
     config_path: Path, out: Path, stages: list[str], cache: Path, resume: bool = False, checkpoint_every: int = 200
 ) -> None:
@@ -72,6 +88,7 @@ def train(
 
     images, captions = _dataset(config, cache)
     pipeline_dir, clip_dir, itm_dir = out / MODEL_PATH.name, out / CLIP_PATH.name, out / ITM_PATH.name
+    negclip_dir = out / NEGCLIP_PATH.name
     if "vae" in stages:
         torch.manual_seed(seed)
         vae = build.build_vae(config["vae"]["model"])
@@ -122,22 +139,35 @@ def train(
         training.write_log(pipeline_dir / "training_log.json", "unet", rows, extra)
     if "clip" in stages:
         import open_clip
-        from safetensors.torch import save_file
 
-        clip_dir.mkdir(parents=True, exist_ok=True)
         from diffsteer.rewards.shapes import CLIP_MODEL_NAME, register_open_clip_config
 
-        config_file = clip_dir / f"{CLIP_MODEL_NAME}.json"
-        config_file.write_text(json.dumps(build.open_clip_config(config["clip"]), indent=1) + "\n")
+        clip_dir.mkdir(parents=True, exist_ok=True)
+        architecture = json.dumps(build.open_clip_config(config["clip"]), indent=1)
+        (clip_dir / f"{CLIP_MODEL_NAME}.json").write_text(architecture + "\n")
         register_open_clip_config(clip_dir)
         torch.manual_seed(seed + 2)
         model = open_clip.create_model(CLIP_MODEL_NAME, pretrained=None)
         tokenizer = open_clip.get_tokenizer(CLIP_MODEL_NAME)
         rows = training.train_clip(model, tokenizer, images, captions, config["clip"], seed + 2, checkpoint("clip"))
-        # Half precision on disk halves the file (the 49408-token embedding is most of it); loading casts back.
-        save_file({k: v.half().contiguous() for k, v in model.state_dict().items()}, clip_dir / "model.safetensors")
+        _save_clip(model, clip_dir, clip_dir)
         training.write_log(clip_dir / "training_log.json", "clip", rows, {"config": config["clip"]})
+    if "negclip" in stages:
+        import open_clip
 
+        from diffsteer.rewards.shapes import CLIP_MODEL_NAME, ShapesCLIP
+        from diffsteer.worlds.shapes.matching import matching_dataset
+
+        negclip = config["negclip"]
+        print(f"drawing {negclip['scenes']} scenes with true and false captions ...", flush=True)
+        examples = matching_dataset(
+            negclip["scenes"], config["data"]["mixed_fraction"], seed + 5, negclip["degraded_fraction"]
+        )
+        model = ShapesCLIP(clip_dir).model.requires_grad_(True)  # starts from the `clip` stage's weights
+        tokenizer = open_clip.get_tokenizer(CLIP_MODEL_NAME)
+        rows = training.train_negclip(model, tokenizer, examples, negclip, seed + 5, checkpoint("negclip"))
+        _save_clip(model, negclip_dir, clip_dir)
+        training.write_log(negclip_dir / "training_log.json", "negclip", rows, {"config": negclip})
     if "itm" in stages:
         from diffsteer.rewards.shapes_itm import MatcherConfig, ShapesMatcher, save_matcher
         from diffsteer.worlds.shapes.matching import matching_dataset

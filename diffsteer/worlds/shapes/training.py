@@ -413,6 +413,54 @@ def train_clip(
     return log.rows
 
 
+def train_negclip(
+    model: torch.nn.Module,
+    tokenizer: Any,
+    examples: list[Any],
+    config: dict[str, Any],
+    seed: int,
+    checkpoint: Checkpoint | None = None,
+) -> list[dict[str, float]]:
+    """Fine-tune a CLIP with hard negatives, as NegCLIP does (Yuksekgonul et al., 2023): each image's row of the
+    contrastive loss holds the batch's captions and also the image's own one-edit false captions, so the embedding
+    has to keep the colour, shape, count, relation and size apart that a batch of random captions rarely contrasts.
+    The text-to-image direction is open_clip's. Batches have distinct captions (a repeated caption would be a false
+    negative); half the images are blurred and noised as early x0-hats are (`_augment`)."""
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = _Optimizer(list(model.parameters()), config, weight_decay=0.1, warmup_steps=config["warmup_steps"])
+    log = LossLog("negclip", config["steps"])
+    images = np.stack([example.image for example in examples])
+    captions = [example.positives[0] for example in examples]
+    most = max(len(example.negatives) for example in examples)
+    model.train()
+
+    def step(_: int) -> float:
+        order = torch.randperm(len(captions), generator=generator)[: 4 * config["batch_size"]].tolist()
+        index = list({captions[i]: i for i in order}.values())[: config["batch_size"]]
+        negatives = [list(examples[i].negatives) for i in index]
+        # Pad every image's negatives to the same count with its own caption, masked out of the softmax below.
+        padded = [own + [captions[i]] * (most - len(own)) for i, own in zip(index, negatives, strict=True)]
+        texts = [captions[i] for i in index] + [caption for own in padded for caption in own]
+        image_features = model.encode_image(_augment(to_tensor(images[index]), generator), normalize=True)
+        text_features = model.encode_text(tokenizer(texts), normalize=True)
+        scale = model.logit_scale.exp()
+        batch = len(index)
+        positive, negative = text_features[:batch], text_features[batch:].view(batch, most, -1)
+        to_batch = scale * image_features @ positive.T
+        to_own = scale * torch.einsum("bd,bkd->bk", image_features, negative)
+        padding = torch.tensor([[k >= len(own) for k in range(most)] for own in negatives])
+        logits = torch.cat([to_batch, to_own.masked_fill(padding, -torch.inf)], dim=1)
+        labels = torch.arange(batch)
+        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(to_batch.T, labels)) / 2
+        optimizer.step(loss)
+        return loss.item()
+
+    state = {"negclip": model, "optimizer": optimizer, "generator": _GeneratorState(generator)}
+    _run(config["steps"], state, checkpoint, step, log)
+    model.eval()
+    return log.rows
+
+
 def train_itm(
     model: torch.nn.Module,
     tokenizer: Any,
