@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _tiny_recipe(path: Path, steps: int = 2) -> Path:
     config = yaml.safe_load((ROOT / "configs" / "shapes.yaml").read_text())
     config["data"]["scenes"] = 24
-    for stage in ("vae", "decoder", "unet", "clip", "negclip", "itm"):
+    for stage in ("vae", "decoder", "corners", "unet", "clip", "negclip", "itm"):
         config[stage].update(steps=steps, batch_size=4)
     config["unet"]["warmup_steps"] = config["clip"]["warmup_steps"] = 1
     config["vae"]["model"].update(block_out_channels=[8, 8, 8], norm_num_groups=4)
@@ -40,7 +40,7 @@ def test_train_writes_a_loadable_model_a_clip_and_every_stage_losses(tmp_path):
     out, cache = tmp_path / "weights", tmp_path / "cache"
     assert main(["train", "--config", str(recipe), "--out", str(out), "--cache", str(cache)]) == 0
     log = json.loads((out / "pipeline" / "training_log.json").read_text())
-    assert list(log) == ["vae", "decoder", "unet"]
+    assert list(log) == ["vae", "decoder", "corners", "unet"]
     assert all(len(log[stage]["losses"]) >= 1 for stage in log)
     pipe = StableDiffusionPipeline.from_pretrained(out / "pipeline")
     assert pipe.vae.config.scaling_factor == log["unet"]["scaling_factor"]
@@ -83,7 +83,7 @@ def test_a_run_stopped_in_every_stage_resumes_bit_for_bit(tmp_path, monkeypatch)
 
     monkeypatch.setattr(training.LossLog, "add", stop_once)
     command = [*base, "--out", str(resumed), "--cache", str(tmp_path / "cache-resumed")]
-    for attempt in range(8):  # one stop per stage, then the run that finishes
+    for attempt in range(9):  # one stop per stage, then the run that finishes
         try:
             assert main(command if attempt == 0 else [*command, "--resume"]) == 0
             break
@@ -91,9 +91,9 @@ def test_a_run_stopped_in_every_stage_resumes_bit_for_bit(tmp_path, monkeypatch)
             continue
     else:
         pytest.fail("the resumed run never finished")
-    assert stopped == {"vae", "decoder", "unet", "clip", "negclip", "itm"}
+    assert stopped == {"vae", "decoder", "corners", "unet", "clip", "negclip", "itm"}
     # Steps 0, 1, 2 (stopped), then 2 and 3 again from the checkpoint: a restart from step 0 would run 7.
-    assert steps_run == {"vae": 5, "decoder": 5, "unet": 5, "clip": 5, "negclip": 5, "itm": 5}
+    assert steps_run == {"vae": 5, "decoder": 5, "corners": 5, "unet": 5, "clip": 5, "negclip": 5, "itm": 5}
     weights = sorted(path.relative_to(straight) for path in straight.rglob("*.safetensors"))
     assert len(weights) == 6  # the autoencoder (after its decoder stage), UNet, text encoder, two CLIPs, matcher
     for path in weights:

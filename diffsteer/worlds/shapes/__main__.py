@@ -1,9 +1,10 @@
 """`python -m diffsteer.worlds.shapes train --config configs/shapes.yaml`: train the shapes world.
 
 Stages: `vae` (the autoencoder), `decoder` (its decoder fine-tuned with the encoder frozen, so the latents do not
-change), `unet` (the UNet and text encoder on the autoencoder's latents), `clip` (the `shapes-clip` reward), `negclip`
-(`shapes-negclip`: that CLIP fine-tuned against hard-negative captions), `itm` (the `shapes-itm` reward); `all` runs
-them in order. Weights go to `--out` (by default the package's own folder, which is what ships), with the
+change), `corners` (the decoder once more, its corner pixels weighted, against the corner tint), `unet` (the UNet
+and text encoder on the autoencoder's latents), `clip` (the `shapes-clip` reward), `negclip` (`shapes-negclip`:
+that CLIP fine-tuned against hard-negative captions), `itm` (the `shapes-itm` reward); `all` runs them in order.
+Weights go to `--out` (by default the package's own folder, which is what ships), with the
 losses in `training_log.json`.
 
 Every stage saves its whole training state every `--checkpoint-every` steps under `--cache`/checkpoints (one folder
@@ -29,7 +30,7 @@ if TYPE_CHECKING:
     from diffsteer.worlds.shapes.training import Checkpoint
 
 
-STAGES = ("vae", "decoder", "unet", "clip", "negclip", "itm")
+STAGES = ("vae", "decoder", "corners", "unet", "clip", "negclip", "itm")
 
 
 def _dataset(config: dict, cache: Path) -> tuple[np.ndarray, list[str]]:
@@ -100,6 +101,11 @@ def train(
         rows = training.train_decoder(vae, images, config["decoder"], seed + 3, checkpoint("decoder"))
         vae.save_pretrained(pipeline_dir / "vae")
         training.write_log(pipeline_dir / "training_log.json", "decoder", rows, {"config": config["decoder"]})
+    if "corners" in stages:
+        vae = AutoencoderKL.from_pretrained(pipeline_dir / "vae")
+        rows = training.train_decoder(vae, images, config["corners"], seed + 6, checkpoint("corners"), "corners")
+        vae.save_pretrained(pipeline_dir / "vae")
+        training.write_log(pipeline_dir / "training_log.json", "corners", rows, {"config": config["corners"]})
     if "unet" in stages:
         vae = AutoencoderKL.from_pretrained(pipeline_dir / "vae").eval()
         means, stds = training.encode_latents(vae, images)

@@ -245,7 +245,12 @@ def corner_weights(size: int, weight: float, width: int = 3) -> torch.Tensor:
 
 
 def train_decoder(
-    vae: torch.nn.Module, images: np.ndarray, config: dict[str, Any], seed: int, checkpoint: Checkpoint | None = None
+    vae: torch.nn.Module,
+    images: np.ndarray,
+    config: dict[str, Any],
+    seed: int,
+    checkpoint: Checkpoint | None = None,
+    stage: str = "decoder",
 ) -> list[dict[str, float]]:
     """Fine-tune the decoder alone (L1 plus squared error) with the encoder frozen.
 
@@ -259,7 +264,7 @@ def train_decoder(
     for parameter in decoder:
         parameter.requires_grad_(True)
     optimizer = _Optimizer(decoder, config, weight_decay=0.0, warmup_steps=50)
-    log = LossLog("decoder", config["steps"])
+    log = LossLog(stage, config["steps"])
     batches = _Batches(len(images), config["batch_size"], generator)
     vae.eval()  # no dropout or batch statistics in either half; gradients flow through the decoder only
     weight = config.get("corner_weight")
