@@ -127,3 +127,40 @@ def test_corner_weights_weigh_the_three_by_three_corners_only():
     assert not heavy[3:-3].any() and not heavy[:, 3:-3].any()
     with pytest.raises(ValueError, match="corner_weight must be at least 1"):
         corner_weights(8, 0.5)
+
+
+def test_negclip_loss_matches_its_definition_and_leaves_padding_out():
+    """Against the loss written out image by image (softmax over the batch's captions and the image's own unpadded
+    false captions, plus the text-to-image direction); a padded slot changes nothing, an unpadded one counts."""
+    import math
+
+    from diffsteer.worlds.shapes.training import negclip_loss
+
+    generator = torch.Generator().manual_seed(0)
+    unit = lambda *shape: torch.nn.functional.normalize(torch.randn(*shape, generator=generator), dim=-1)  # noqa: E731
+    images, positive, negative = unit(3, 8), unit(3, 8), unit(3, 2, 8)
+    padding = torch.tensor([[False, False], [False, True], [True, True]])
+
+    def by_hand(negative: torch.Tensor, padding: torch.Tensor) -> float:
+        total = 0.0
+        for i in range(3):
+            row = [5.0 * float(images[i] @ positive[j]) for j in range(3)]
+            row += [5.0 * float(images[i] @ negative[i, k]) for k in range(2) if not padding[i, k]]
+            column = [5.0 * float(images[j] @ positive[i]) for j in range(3)]
+            own = 5.0 * float(images[i] @ positive[i])
+            for logits in (row, column):
+                total += (math.log(sum(math.exp(v) for v in logits)) - own) / 6
+        return total
+
+    def loss(negative: torch.Tensor, padding: torch.Tensor) -> float:
+        return negclip_loss(images, positive, negative, padding, torch.tensor(5.0)).item()
+
+    expected = by_hand(negative, padding)
+    assert loss(negative, padding) == pytest.approx(expected, rel=1e-5)
+    copied = negative.clone()
+    copied[2, 0] = positive[2]  # a padded slot holding the true caption: left out
+    assert loss(copied, padding) == pytest.approx(expected, rel=1e-6)
+    unpadded = padding.clone()
+    unpadded[2, 0] = False  # the same slot counted: the true caption now competes with itself
+    assert by_hand(copied, unpadded) > expected + 1e-3
+    assert loss(copied, unpadded) == pytest.approx(by_hand(copied, unpadded), rel=1e-5)

@@ -384,6 +384,30 @@ def _augment(x: torch.Tensor, generator: torch.Generator) -> torch.Tensor:
     return torch.cat([blurred, x[half:]])
 
 
+def _distinct_caption_batch(captions: list[str], batch_size: int, generator: torch.Generator) -> list[int]:
+    """Indices of up to `batch_size` items with distinct captions, in a random order (a repeated caption would be a
+    false negative of a contrastive loss)."""
+    order = torch.randperm(len(captions), generator=generator)[: 4 * batch_size].tolist()
+    return list({captions[i]: i for i in order}.values())[:batch_size]
+
+
+def negclip_loss(
+    image_features: torch.Tensor,
+    positive: torch.Tensor,
+    negative: torch.Tensor,
+    padding: torch.Tensor,
+    scale: torch.Tensor,
+) -> torch.Tensor:
+    """NegCLIP's contrastive loss on normalised features: image i's softmax runs over the B captions of the batch
+    (`positive`, (B, D); its own is i) and its own K false captions (`negative`, (B, K, D); those where `padding`,
+    (B, K), is true are left out); the text-to-image direction runs over the B images alone."""
+    to_batch = scale * image_features @ positive.T
+    to_own = scale * torch.einsum("bd,bkd->bk", image_features, negative)
+    logits = torch.cat([to_batch, to_own.masked_fill(padding, -torch.inf)], dim=1)
+    labels = torch.arange(len(image_features))
+    return (F.cross_entropy(logits, labels) + F.cross_entropy(to_batch.T, labels)) / 2
+
+
 def train_clip(
     model: torch.nn.Module,
     tokenizer: Any,
@@ -404,8 +428,7 @@ def train_clip(
     model.train()
 
     def step(_: int) -> float:
-        order = torch.randperm(len(captions), generator=generator)[: 4 * config["batch_size"]].tolist()
-        index = list({captions[i]: i for i in order}.values())[: config["batch_size"]]
+        index = _distinct_caption_batch(captions, config["batch_size"], generator)
         x = to_tensor(images[index])  # [-1, 1] is the model's normalisation (mean 0.5, std 0.5)
         image_features, text_features, logit_scale = model(_augment(x, generator), tokens[index])[:3]
         loss = loss_fn(image_features, text_features, logit_scale)
@@ -440,23 +463,22 @@ def train_negclip(
     model.train()
 
     def step(_: int) -> float:
-        order = torch.randperm(len(captions), generator=generator)[: 4 * config["batch_size"]].tolist()
-        index = list({captions[i]: i for i in order}.values())[: config["batch_size"]]
+        index = _distinct_caption_batch(captions, config["batch_size"], generator)
         negatives = [list(examples[i].negatives) for i in index]
         # Pad every image's negatives to the same count with its own caption, masked out of the softmax below.
         padded = [own + [captions[i]] * (most - len(own)) for i, own in zip(index, negatives, strict=True)]
         texts = [captions[i] for i in index] + [caption for own in padded for caption in own]
         image_features = model.encode_image(_augment(to_tensor(images[index]), generator), normalize=True)
         text_features = model.encode_text(tokenizer(texts), normalize=True)
-        scale = model.logit_scale.exp()
         batch = len(index)
-        positive, negative = text_features[:batch], text_features[batch:].view(batch, most, -1)
-        to_batch = scale * image_features @ positive.T
-        to_own = scale * torch.einsum("bd,bkd->bk", image_features, negative)
         padding = torch.tensor([[k >= len(own) for k in range(most)] for own in negatives])
-        logits = torch.cat([to_batch, to_own.masked_fill(padding, -torch.inf)], dim=1)
-        labels = torch.arange(batch)
-        loss = (F.cross_entropy(logits, labels) + F.cross_entropy(to_batch.T, labels)) / 2
+        loss = negclip_loss(
+            image_features,
+            text_features[:batch],
+            text_features[batch:].view(batch, most, -1),
+            padding,
+            model.logit_scale.exp(),
+        )
         optimizer.step(loss)
         return loss.item()
 
