@@ -167,7 +167,11 @@ def train(
         negclip = config["negclip"]
         print(f"drawing {negclip['scenes']} scenes with true and false captions ...", flush=True)
         examples = matching_dataset(
-            negclip["scenes"], config["data"]["mixed_fraction"], seed + 5, negclip["degraded_fraction"]
+            negclip["scenes"],
+            config["data"]["mixed_fraction"],
+            seed + 5,
+            negclip["degraded_fraction"],
+            rounded_fraction=negclip.get("rounded_fraction", 0.0),
         )
         model = ShapesCLIP(clip_dir).model.requires_grad_(True)  # starts from the `clip` stage's weights
         tokenizer = open_clip.get_tokenizer(CLIP_MODEL_NAME)

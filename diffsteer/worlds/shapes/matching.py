@@ -6,6 +6,7 @@ Every label comes from the scene itself: a caption is true or false of a scene's
 judges generated images) never labels anything here, so the reward cannot learn the evaluator's mistakes.
 """
 
+import math
 from dataclasses import dataclass, replace
 
 import numpy as np
@@ -20,14 +21,33 @@ from diffsteer.worlds.shapes.captions import (
     held_out_prompts,
     parse,
 )
-from diffsteer.worlds.shapes.evaluator import DetectedObject, judge, scene_objects
-from diffsteer.worlds.shapes.scenes import BACKGROUND, COLORS, RELATION_MARGIN, SHAPES, SIZE_RANGES, relation_holds
+from diffsteer.worlds.shapes.evaluator import (
+    CIRCLE_MAX_EXPONENT,
+    DetectedObject,
+    judge,
+    scene_objects,
+    superellipse_coverage,
+    triangle_coverage,
+)
+from diffsteer.worlds.shapes.scenes import (
+    BACKGROUND,
+    COLORS,
+    IMAGE_SIZE,
+    RELATION_MARGIN,
+    SHAPES,
+    SIZE_RANGES,
+    Shape,
+    relation_holds,
+)
 from diffsteer.worlds.shapes.scenes import render as render_scene
 
 
 EDITS = ("color", "shape", "count", "relation", "size")
 OPPOSITE = {"left of": "right of", "right of": "left of", "above": "below", "below": "above"}
 CORNER_TINTS = ((-56, -41, -20), (-5, -30, -47), (-7, -5, -20), (-18, -20, -18))  # the shipped decoder's, BR TR BL TL
+# Superellipse exponents |x|^n + |y|^n <= a^n of rounded shapes, each range well inside its kind's side of the
+# world's boundary (`evaluator.CIRCLE_MAX_EXPONENT`, 2.3): a near-disc is still a circle, a rounded square a square.
+ROUNDED_EXPONENTS = {"circle": (2.0, CIRCLE_MAX_EXPONENT - 0.15), "square": (CIRCLE_MAX_EXPONENT + 0.3, 12.0)}
 
 
 @dataclass(frozen=True)
@@ -142,10 +162,30 @@ def looser_positives(requirements: Requirements, objects: list[DetectedObject], 
     return captions
 
 
-def degrade(scene: tuple, rng: np.random.Generator) -> np.ndarray:
+def render_rounded(scene: tuple[Shape, ...], rng: np.random.Generator) -> np.ndarray:
+    """The scene anti-aliased, with its circles and squares drawn as superellipses of the same area: circles with
+    an exponent drawn log-uniformly from `ROUNDED_EXPONENTS["circle"]`, squares from `ROUNDED_EXPONENTS["square"]`
+    (corners rounded as the generator rounds them). Still the same scene by the world's definition of the kinds.
+    Float (64, 64, 3)."""
+    image = np.empty((IMAGE_SIZE, IMAGE_SIZE, 3), dtype=np.float32)
+    image[:] = BACKGROUND
+    for shape in scene:
+        area = math.pi * shape.r**2  # every kind of size r has the disc's area (scenes.py)
+        if shape.kind == "triangle":
+            cover = triangle_coverage(shape.x, shape.y, area)
+        else:
+            low, high = ROUNDED_EXPONENTS[shape.kind]
+            exponent = math.exp(rng.uniform(math.log(low), math.log(high)))
+            cover = superellipse_coverage(shape.x, shape.y, area, exponent)
+        image = image * (1 - cover[..., None]) + np.array(COLORS[shape.color], dtype=np.float32) * cover[..., None]
+    return image
+
+
+def degrade(scene: tuple[Shape, ...], rng: np.random.Generator, rounded: bool = False) -> np.ndarray:
     """The scene drawn as a decoder might: anti-aliased, blurred up to 1.2 pixels, with noise, a small colour
-    shift and sometimes a corner tint. None of these changes what the scene shows."""
-    image = render_scene(scene, supersampling=4).astype(np.float32)
+    shift and sometimes a corner tint; with `rounded`, its circles and squares drawn as rounded shapes
+    (`render_rounded`). None of these changes what the scene shows."""
+    image = render_rounded(scene, rng) if rounded else render_scene(scene, supersampling=4).astype(np.float32)
     # The colour shift goes on before the blur, so that it does not paint a halo around each shape.
     image = image + rng.normal(0, 8, 3)[None, None] * (image != np.array(BACKGROUND)).any(-1, keepdims=True)
     blur = float(rng.uniform(0.0, 1.2))
@@ -159,11 +199,16 @@ def degrade(scene: tuple, rng: np.random.Generator) -> np.ndarray:
 
 
 def matching_dataset(
-    num_scenes: int, mixed_fraction: float, seed: int, degraded_fraction: float = 0.6, hard: int = 3
+    num_scenes: int,
+    mixed_fraction: float,
+    seed: int,
+    degraded_fraction: float = 0.6,
+    hard: int = 3,
+    rounded_fraction: float = 0.0,
 ) -> list[MatchingExample]:
     """`num_scenes` examples: scenes drawn as in the UNet's data (a training caption of a random category, or a
-    free-form one), a share drawn degraded, each with its true captions and false ones. No held-out caption appears,
-    as a positive or as a negative."""
+    free-form one), a share drawn degraded (and `rounded_fraction` of those with rounded shapes, see `degrade`),
+    each with its true captions and false ones. No held-out caption appears, as a positive or as a negative."""
     rng = np.random.default_rng(seed)
     held_out = {caption for captions in held_out_prompts().values() for caption in captions}
     drawn = draw_scenes(num_scenes, mixed_fraction, rng)
@@ -171,7 +216,12 @@ def matching_dataset(
     examples = []
     for index, (requirements, caption, scene) in enumerate(drawn):
         objects = scene_objects(scene)
-        image = degrade(scene, rng) if rng.random() < degraded_fraction else render_scene(scene)
+        if rng.random() < degraded_fraction:
+            # Only a positive `rounded_fraction` draws here, so that the data of recipes without it stay as they were.
+            rounded = rounded_fraction > 0 and rng.random() < rounded_fraction
+            image = degrade(scene, rng, rounded)
+        else:
+            image = render_scene(scene)
         negatives = hard_negatives(requirements, objects, rng, held_out, hard)
         other = captions[(index + 1 + int(rng.integers(num_scenes - 1))) % num_scenes]
         if other not in negatives and not judge(parse(other), objects).correct:
@@ -181,4 +231,13 @@ def matching_dataset(
     return examples
 
 
-__all__ = ["EDITS", "MatchingExample", "degrade", "edit", "hard_negatives", "matching_dataset"]
+__all__ = [
+    "EDITS",
+    "ROUNDED_EXPONENTS",
+    "MatchingExample",
+    "degrade",
+    "edit",
+    "hard_negatives",
+    "matching_dataset",
+    "render_rounded",
+]
