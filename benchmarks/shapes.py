@@ -7,14 +7,20 @@ evaluator's accuracy on the returned image and its mean reward.
 
     python benchmarks/shapes.py [--budgets 4 8] [--seeds 3] [--steps 25] [--per-category 6] [--model shapes]
 
+Every cell carries its standard error; a second table compares FK with plain sampling and with best-of-N on the
+same prompts and seeds, with the paired standard error of the difference.
+
 `benchmarks/shapes_fk_settings.py` chooses FK's settings with the same loop on training prompts only.
 """
 
 import argparse
+import json
+import math
 import statistics
 import time
 from collections import defaultdict
 from dataclasses import dataclass, field
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -73,19 +79,46 @@ def run(
     return results
 
 
+def _rows(results: Results, column: str, category: str, categories: list[str]) -> list[tuple[bool, float]]:
+    if category == "overall":
+        return [row for c in categories for row in results[(c, column)]]
+    return results[(category, column)]
+
+
 def table(results: Results, columns: list[str], categories: list[str]) -> str:
-    """Markdown: accuracy % / mean reward per category and overall (all prompts and seeds pooled)."""
+    """Markdown: accuracy % with its standard error, and mean reward, per category and overall (all prompts and
+    seeds pooled)."""
     lines = ["| category | " + " | ".join(columns) + " |", "|" + " --- |" * (len(columns) + 1)]
     for category in [*categories, "overall"]:
         cells = []
         for column in columns:
-            rows = (
-                [r for c in categories for r in results[(c, column)]]
-                if category == "overall"
-                else results[(category, column)]
-            )
-            accuracy = 100 * statistics.mean(correct for correct, _ in rows)
-            cells.append(f"{accuracy:.0f}% / {statistics.mean(reward for _, reward in rows):.1f}")
+            rows = _rows(results, column, category, categories)
+            accuracy = statistics.mean(correct for correct, _ in rows)
+            error = math.sqrt(accuracy * (1 - accuracy) / len(rows))
+            reward = statistics.mean(reward for _, reward in rows)
+            cells.append(f"{100 * accuracy:.0f} ± {100 * error:.0f}% / {reward:.1f}")
+        lines.append(f"| {category} | " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def paired_difference(first: list[bool], second: list[bool]) -> tuple[float, float]:
+    """Mean of `first - second` over paired runs (same prompt, same seed) and its standard error, in points."""
+    differences = [float(a) - float(b) for a, b in zip(first, second, strict=True)]
+    error = statistics.stdev(differences) / math.sqrt(len(differences)) if len(differences) > 1 else math.nan
+    return 100 * statistics.mean(differences), 100 * error
+
+
+def paired_table(results: Results, comparisons: list[tuple[str, str]], categories: list[str]) -> str:
+    """Markdown: accuracy differences between methods on the same prompts and seeds, with paired standard errors."""
+    names = [f"{a} - {b}" for a, b in comparisons]
+    lines = ["| category | " + " | ".join(names) + " |", "|" + " --- |" * (len(names) + 1)]
+    for category in [*categories, "overall"]:
+        cells = []
+        for a, b in comparisons:
+            first = [correct for correct, _ in _rows(results, a, category, categories)]
+            second = [correct for correct, _ in _rows(results, b, category, categories)]
+            mean, error = paired_difference(first, second)
+            cells.append(f"{mean:+.0f} ± {error:.0f}")
         lines.append(f"| {category} | " + " | ".join(cells) + " |")
     return "\n".join(lines)
 
@@ -118,8 +151,9 @@ def load(args: argparse.Namespace) -> tuple[Any, Any]:
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     add_common_arguments(parser)
-    parser.add_argument("--budgets", type=int, nargs="+", default=[4, 8])
+    parser.add_argument("--budgets", type=int, nargs="*", default=[4, 8], help="none: plain sampling only")
     parser.add_argument("--per-category", type=int, default=6)
+    parser.add_argument("--json", type=Path, default=None, help="also write every run's verdict and reward here")
     args = parser.parse_args()
     pipeline, reward = load(args)
     start = time.perf_counter()
@@ -135,6 +169,24 @@ def main() -> None:
         f"{time.perf_counter() - start:.0f} s\n"
     )
     print(table(results, [c.name for c in columns], list(CATEGORIES)))
+    comparisons = [(f"fk@{b}", other) for b in args.budgets for other in ("plain", f"bon@{b}")]
+    if comparisons:
+        print("\nPaired differences in accuracy points (same prompts and seeds), ± the paired standard error:\n")
+        print(paired_table(results, comparisons, list(CATEGORIES)))
+    if args.json:
+        rows = [
+            {
+                "category": c,
+                "column": name,
+                "prompt": prompts[c][i // args.seeds],
+                "seed": i % args.seeds,
+                "correct": ok,
+                "reward": r,
+            }
+            for (c, name), runs in results.items()
+            for i, (ok, r) in enumerate(runs)
+        ]
+        args.json.write_text(json.dumps({"args": vars(args) | {"json": str(args.json)}, "runs": rows}, indent=1))
 
 
 if __name__ == "__main__":
