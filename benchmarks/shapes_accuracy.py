@@ -57,7 +57,7 @@ def main() -> None:
     parser.add_argument("--seeds", type=int, default=16)
     parser.add_argument("--steps", type=int, default=25)
     parser.add_argument("--guidance-scale", type=float, default=3.0)
-    parser.add_argument("--batch-size", type=int, default=64)
+    parser.add_argument("--batch-size", type=int, default=128)
     parser.add_argument("--threads", type=int, default=None)
     parser.add_argument("--json", type=Path, default=None)
     args = parser.parse_args()
@@ -70,7 +70,7 @@ def main() -> None:
     prompts = chosen_prompts(args.split, args.per_category)
     ordered = [(c, p) for c in CATEGORIES for p in prompts[c]]
     # Each image's noise depends only on its prompt's place and its seed, not on the batch it falls in.
-    jobs = [(c, p, s, 100_000 * s + i) for i, (c, p) in enumerate(ordered) for s in range(args.seeds)]
+    jobs = [(c, p, s, 1000 * s + i) for s in range(args.seeds) for i, (c, p) in enumerate(ordered)]
     start = time.perf_counter()
     runs = []
     for first in range(0, len(jobs), args.batch_size):
