@@ -33,9 +33,9 @@ def load_checkpoint(pipeline: object, path: Path) -> None:
     state = torch.load(path, weights_only=False)["state"]["ema"]
     ema = state.get("tensors", state)
     for prefix, module in (("unet.", pipeline.unet), ("text.", pipeline.text_encoder)):
-        missing = module.load_state_dict({k[len(prefix) :]: v for k, v in ema.items() if k.startswith(prefix)}, False)
-        if missing.unexpected_keys:
-            raise ValueError(f"{path} does not fit this model: unexpected {missing.unexpected_keys[:3]} ...")
+        result = module.load_state_dict({k[len(prefix) :]: v for k, v in ema.items() if k.startswith(prefix)}, False)
+        if result.unexpected_keys:
+            raise ValueError(f"{path} does not fit this model: unexpected {result.unexpected_keys[:3]} ...")
 
 
 def chosen_prompts(split: str, per_category: int) -> dict[str, list[str]]:
