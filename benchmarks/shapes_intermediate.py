@@ -13,9 +13,13 @@ step, nothing is resampled) and scores the same x0-hats with every reward of `--
 
     python benchmarks/shapes_intermediate.py [--rewards shapes-clip shapes-itm] [--particles 8] [--per-category 3]
         [--seeds 4] [--plot gallery/images/shapes_intermediate.png]
+
+A reward of `--rewards` is a registered name, or `LABEL=NAME:JSON` with the reward's options as a JSON object, to
+compare weights that are not shipped: `'negclip-v2=shapes-negclip:{"pretrained": "/tmp/out/negclip"}'`.
 """
 
 import argparse
+import json
 import math
 import statistics
 from dataclasses import dataclass, field
@@ -32,6 +36,20 @@ from diffsteer import generate as gen
 from diffsteer.methods import FK
 from diffsteer.rewards import load as load_reward
 from diffsteer.worlds.shapes import evaluate
+
+
+def reward_spec(text: str) -> tuple[str, str, dict[str, Any]]:
+    """`NAME` or `LABEL=NAME:JSON` as (label, registered name, options)."""
+    label, rest = ("", text)
+    if "=" in text.split(":", 1)[0]:  # a label, before the name (the options' JSON may hold "=" too)
+        label, _, rest = text.partition("=")
+    name, _, options = rest.partition(":")
+    parsed = json.loads(options) if options else {}
+    if not isinstance(parsed, dict):
+        raise ValueError(
+            f"--rewards {text!r}: the options after ':' are a JSON object, e.g. '{{\"pretrained\": \"/path\"}}'."
+        )
+    return label or rest, name, parsed
 
 
 class RecordingRewards:
@@ -163,8 +181,11 @@ def main() -> None:
     parser.set_defaults(seeds=1)
     args = parser.parse_args()
     pipeline, first = load(args)
-    names = args.rewards or [args.reward]
-    rewards = {name: first if name == args.reward else load_reward(name) for name in names}
+    specs = [reward_spec(text) for text in args.rewards or [args.reward]]
+    rewards = {
+        label: first if (name, options) == (args.reward, {}) else load_reward(name, **options)
+        for label, name, options in specs
+    }
     prompts = [prompt for group in training_prompts(args.per_category).values() for prompt in group]
     correlations, agreements = measure(pipeline, rewards, prompts, args)
     setting = (
