@@ -35,7 +35,7 @@ from shapes_fk_settings import training_prompts
 from diffsteer import generate as gen
 from diffsteer.methods import FK
 from diffsteer.rewards import load as load_reward
-from diffsteer.worlds.shapes import evaluate
+from diffsteer.worlds.shapes import CATEGORIES, evaluate
 
 
 def reward_spec(text: str) -> tuple[str, str, dict[str, Any]]:
@@ -99,12 +99,14 @@ class Agreement:
 
 
 def measure(
-    pipeline: Any, rewards: dict[str, Any], prompts: list[str], args: argparse.Namespace
-) -> tuple[dict[str, dict[int, list[float]]], dict[str, dict[int, Agreement]]]:
-    """Per reward and step: the Spearman correlations of every run, and the pairwise agreement."""
+    pipeline: Any, rewards: dict[str, Any], prompts: dict[str, str], args: argparse.Namespace
+) -> tuple[dict[str, dict[int, list[float]]], dict[str, dict[int, Agreement]], dict[str, dict[str, Agreement]]]:
+    """Per reward and step: the Spearman correlations of every run, and the pairwise agreement; per reward and
+    category (`prompts` maps each prompt to its category), the final image's pairwise agreement."""
     correlations: dict[str, dict[int, list[float]]] = {name: {} for name in rewards}
     agreements: dict[str, dict[int, Agreement]] = {name: {} for name in rewards}
-    for prompt in prompts:
+    finals: dict[str, dict[str, Agreement]] = {name: {} for name in rewards}
+    for prompt, category in prompts.items():
         for seed in range(args.seeds):
             recorder = RecordingRewards(rewards)
             output = gen.generate(
@@ -124,8 +126,23 @@ def measure(
                     if step < len(scores) - 1 and now.std() > 0 and final.std() > 0:
                         correlations[name].setdefault(step, []).append(float(spearmanr(now, final).statistic))
                     agreements[name].setdefault(step, Agreement()).add(now, correct)
+                finals[name].setdefault(category, Agreement()).add(final, correct)
         print(f"{prompt!r} done", flush=True)
-    return correlations, agreements
+    return correlations, agreements, finals
+
+
+def category_table(finals: dict[str, dict[str, Agreement]]) -> str:
+    """The final image's pairwise agreement per category: which failures each reward can see."""
+    names = list(finals)
+    lines = [f"| category | {' | '.join(names)} | pairs (runs) |", "|" + " --- |" * (len(names) + 2)]
+    for category in CATEGORIES:
+        first = finals[names[0]].get(category, Agreement())
+        cells = []
+        for name in names:
+            agreement = finals[name].get(category, Agreement())
+            cells.append(f"{agreement.accuracy:.2f} ± {agreement.standard_error:.2f}" if agreement.pairs else "-")
+        lines.append(f"| {category} | {' | '.join(cells)} | {first.pairs} ({len(first.runs)}) |")
+    return "\n".join(lines)
 
 
 def table(correlations: dict[str, dict[int, list[float]]], agreements: dict[str, dict[int, Agreement]]) -> str:
@@ -186,14 +203,16 @@ def main() -> None:
         label: first if (name, options) == (args.reward, {}) else load_reward(name, **options)
         for label, name, options in specs
     }
-    prompts = [prompt for group in training_prompts(args.per_category).values() for prompt in group]
-    correlations, agreements = measure(pipeline, rewards, prompts, args)
+    prompts = {prompt: c for c, group in training_prompts(args.per_category).items() for prompt in group}
+    correlations, agreements, finals = measure(pipeline, rewards, prompts, args)
     setting = (
         f"{len(prompts)} training prompts x {args.seeds} seeds, {args.particles} particles, {args.steps} steps, "
         f"guidance {args.guidance_scale}"
     )
     print(f"\n{setting}\n")
     print(table(correlations, agreements))
+    print("\nThe final image, per category:\n")
+    print(category_table(finals))
     if args.plot:
         plot(agreements, args.plot, setting)
 
