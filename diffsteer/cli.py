@@ -208,7 +208,7 @@ def build_parser() -> argparse.ArgumentParser:
         help=f"'{SHAPES_MODEL}' (the embedded shapes model, default), a local diffusers folder or a hub id",
     )
     generate.add_argument(
-        "--reward", default="shapes-clip", help="a name `diffsteer rewards` lists (default shapes-clip)"
+        "--reward", default="shapes-detect", help="a name `diffsteer rewards` lists (default shapes-detect)"
     )
     generate.add_argument(
         "--reward-option",

@@ -10,7 +10,7 @@ device and dtype, and scores in chunks of its `batch_size`:
 Heavy libraries (open_clip, transformers, timm) are imported when a model is built, not here.
 """
 
-from diffsteer.rewards import aesthetic, clip, hps, image_reward, pickscore, pixel, shapes, shapes_itm  # noqa: F401  (registers)
+from diffsteer.rewards import aesthetic, clip, hps, image_reward, pickscore, pixel, shapes, shapes_detect, shapes_itm  # noqa: F401  (registers)
 from diffsteer.rewards.aesthetic import AestheticScore
 from diffsteer.rewards.base import Reward
 from diffsteer.rewards.clip import CLIPScore
@@ -22,6 +22,7 @@ from diffsteer.rewards.pickscore import PickScore
 from diffsteer.rewards.pixel import Brightness, Colorfulness, JpegCompressibility, JpegIncompressibility, TargetColor
 from diffsteer.rewards.registry import RewardSpec, available, get_spec, load, register
 from diffsteer.rewards.shapes import ShapesCLIP, ShapesEval, ShapesNegCLIP
+from diffsteer.rewards.shapes_detect import ShapesDetect
 from diffsteer.rewards.shapes_itm import ShapesITM
 
 
@@ -42,6 +43,7 @@ __all__ = [
     "RewardWeightsNotFoundError",
     "Scaled",
     "ShapesCLIP",
+    "ShapesDetect",
     "ShapesEval",
     "ShapesITM",
     "ShapesNegCLIP",

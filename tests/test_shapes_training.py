@@ -20,7 +20,7 @@ ROOT = Path(__file__).resolve().parents[1]
 def _tiny_recipe(path: Path, steps: int = 2) -> Path:
     config = yaml.safe_load((ROOT / "configs" / "shapes.yaml").read_text())
     config["data"]["scenes"] = 24
-    for stage in ("vae", "decoder", "corners", "unet", "clip", "negclip", "itm"):
+    for stage in ("vae", "decoder", "corners", "unet", "clip", "negclip", "itm", "detect"):
         config[stage].update(steps=steps, batch_size=4)
     config["unet"]["warmup_steps"] = config["clip"]["warmup_steps"] = 1
     config["vae"]["model"].update(block_out_channels=[8, 8, 8], norm_num_groups=4)
@@ -31,6 +31,8 @@ def _tiny_recipe(path: Path, steps: int = 2) -> Path:
     config["itm"].update(scenes=24, warmup_steps=1)
     config["negclip"].update(scenes=24, warmup_steps=1)
     config["itm"]["model"].update(width=16, vision_layers=1, text_layers=1, heads=2)
+    config["detect"].update(scenes=24, warmup_steps=1)
+    config["detect"]["model"].update(widths=[8, 8])
     path.write_text(yaml.safe_dump(config))
     return path
 
@@ -58,6 +60,10 @@ def test_train_writes_a_loadable_model_a_clip_and_every_stage_losses(tmp_path):
     assert len(itm_log["itm"]["losses"]) >= 1
     score = rewards.load("shapes-itm", pretrained=out / "itm")(torch.rand(1, 3, 64, 64), ["a red circle"])
     assert torch.isfinite(score).all() and score.item() <= 0
+    detect_log = json.loads((out / "detect" / "training_log.json").read_text())
+    assert len(detect_log["detect"]["losses"]) >= 1
+    score = rewards.load("shapes-detect", pretrained=out / "detect")(torch.rand(1, 3, 64, 64), ["a red circle"])
+    assert torch.isfinite(score).all() and score.item() <= 0
 
 
 def test_a_run_stopped_in_every_stage_resumes_bit_for_bit(tmp_path, monkeypatch):
@@ -83,7 +89,7 @@ def test_a_run_stopped_in_every_stage_resumes_bit_for_bit(tmp_path, monkeypatch)
 
     monkeypatch.setattr(training.LossLog, "add", stop_once)
     command = [*base, "--out", str(resumed), "--cache", str(tmp_path / "cache-resumed")]
-    for attempt in range(9):  # one stop per stage, then the run that finishes
+    for attempt in range(10):  # one stop per stage, then the run that finishes
         try:
             assert main(command if attempt == 0 else [*command, "--resume"]) == 0
             break
@@ -91,14 +97,24 @@ def test_a_run_stopped_in_every_stage_resumes_bit_for_bit(tmp_path, monkeypatch)
             continue
     else:
         pytest.fail("the resumed run never finished")
-    assert stopped == {"vae", "decoder", "corners", "unet", "clip", "negclip", "itm"}
+    assert stopped == {"vae", "decoder", "corners", "unet", "clip", "negclip", "itm", "detect"}
     # Steps 0, 1, 2 (stopped), then 2 and 3 again from the checkpoint: a restart from step 0 would run 7.
-    assert steps_run == {"vae": 5, "decoder": 5, "corners": 5, "unet": 5, "clip": 5, "negclip": 5, "itm": 5}
+    assert steps_run == {
+        "vae": 5,
+        "decoder": 5,
+        "corners": 5,
+        "unet": 5,
+        "clip": 5,
+        "negclip": 5,
+        "itm": 5,
+        "detect": 5,
+    }
     weights = sorted(path.relative_to(straight) for path in straight.rglob("*.safetensors"))
-    assert len(weights) == 6  # the autoencoder (after its decoder stage), UNet, text encoder, two CLIPs, matcher
+    # The autoencoder (after its decoder stage), UNet, text encoder, two CLIPs, matcher and segmenter.
+    assert len(weights) == 7
     for path in weights:
         assert (straight / path).read_bytes() == (resumed / path).read_bytes(), path
-    for folder in ("pipeline", "clip", "negclip", "itm"):
+    for folder in ("pipeline", "clip", "negclip", "itm", "detect"):
         logs = [json.loads((root / folder / "training_log.json").read_text()) for root in (straight, resumed)]
         for stage in logs[0]:
             assert [row["loss"] for row in logs[0][stage]["losses"]] == [

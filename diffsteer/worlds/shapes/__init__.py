@@ -24,11 +24,13 @@ MODEL_PATH = WEIGHTS / "pipeline"  # a diffusers StableDiffusionPipeline folder
 CLIP_PATH = WEIGHTS / "clip"  # the open_clip model behind the `shapes-clip` reward
 NEGCLIP_PATH = WEIGHTS / "negclip"  # shapes-clip fine-tuned against hard negatives: the `shapes-negclip` reward
 ITM_PATH = WEIGHTS / "itm"  # the image-text matching model behind the `shapes-itm` reward
+DETECT_PATH = WEIGHTS / "detect"  # the segmenter behind the `shapes-detect` reward
 
 __all__ = [
     "CATEGORIES",
     "CLIP_PATH",
     "COLORS",
+    "DETECT_PATH",
     "IMAGE_SIZE",
     "ITM_PATH",
     "MODEL_PATH",

@@ -3,7 +3,8 @@
 Stages: `vae` (the autoencoder), `decoder` (its decoder fine-tuned with the encoder frozen, so the latents do not
 change), `corners` (the decoder once more, its corner pixels weighted, against the corner tint), `unet` (the UNet
 and text encoder on the autoencoder's latents), `clip` (the `shapes-clip` reward), `negclip` (`shapes-negclip`:
-that CLIP fine-tuned against hard-negative captions), `itm` (the `shapes-itm` reward); `all` runs them in order.
+that CLIP fine-tuned against hard-negative captions), `itm` (the `shapes-itm` reward), `detect` (the segmenter of
+the `shapes-detect` reward); `all` runs them in order.
 Weights go to `--out` (by default the package's own folder, which is what ships), with the
 losses in `training_log.json`.
 
@@ -23,14 +24,14 @@ import numpy as np
 import torch
 import yaml
 
-from diffsteer.worlds.shapes import CLIP_PATH, ITM_PATH, MODEL_PATH, NEGCLIP_PATH
+from diffsteer.worlds.shapes import CLIP_PATH, DETECT_PATH, ITM_PATH, MODEL_PATH, NEGCLIP_PATH
 
 
 if TYPE_CHECKING:
     from diffsteer.worlds.shapes.training import Checkpoint
 
 
-STAGES = ("vae", "decoder", "corners", "unet", "clip", "negclip", "itm")
+STAGES = ("vae", "decoder", "corners", "unet", "clip", "negclip", "itm", "detect")
 
 
 def _dataset(config: dict, cache: Path) -> tuple[np.ndarray, list[str]]:
@@ -200,6 +201,28 @@ def train(
         rows = training.train_itm(model, tokenizer, examples, itm, seed + 4, checkpoint("itm"))
         save_matcher(model, itm_dir, tokenizer)
         training.write_log(itm_dir / "training_log.json", "itm", rows, {"config": itm})
+    if "detect" in stages:
+        from diffsteer.rewards.shapes_detect import SegmenterConfig, ShapesSegmenter, save_segmenter
+        from diffsteer.worlds.shapes.segmentation import segmentation_dataset
+
+        detect = config["detect"]
+        print(f"drawing {detect['scenes']} labelled scenes ...", flush=True)
+        examples = segmentation_dataset(
+            detect["scenes"], config["data"]["mixed_fraction"], seed + 6, detect["degraded_fraction"]
+        )
+        scenes = np.stack([example.image for example in examples])
+        # A share of the scenes drawn through the world's own autoencoder, for the decoder's look (the labels stay).
+        chosen = np.random.default_rng(seed + 6).random(len(examples)) < detect["roundtrip_fraction"]
+        vae = AutoencoderKL.from_pretrained(pipeline_dir / "vae").eval()
+        scenes[chosen] = training.roundtrip(vae, scenes[chosen])
+        torch.manual_seed(seed + 6)
+        model = ShapesSegmenter(SegmenterConfig(widths=tuple(detect["model"]["widths"])))
+        kinds = np.stack([example.kinds for example in examples])
+        colors = np.stack([example.colors for example in examples])
+        rows = training.train_detect(model, scenes, kinds, colors, detect, seed + 6, checkpoint("detect"))
+        detect_dir = out / DETECT_PATH.name
+        save_segmenter(model, detect_dir)
+        training.write_log(detect_dir / "training_log.json", "detect", rows, {"config": detect})
 
 
 def main(argv: list[str] | None = None) -> int:

@@ -528,6 +528,51 @@ def train_itm(
     return log.rows
 
 
+def roundtrip(vae: torch.nn.Module, images: np.ndarray, batch_size: int = 256) -> np.ndarray:
+    """Images encoded (posterior mean) and decoded by the world's autoencoder: uint8 in, uint8 out, with the
+    decoder's own look (soft edges, its colour drift, its corner tint)."""
+    out = []
+    with torch.no_grad():
+        for start in range(0, len(images), batch_size):
+            x = to_tensor(images[start : start + batch_size])
+            decoded = vae.decode(vae.encode(x).latent_dist.mean).sample
+            out.append(((decoded.clamp(-1, 1) + 1) * 127.5).round().to(torch.uint8).permute(0, 2, 3, 1).numpy())
+    return np.concatenate(out)
+
+
+def train_detect(
+    model: torch.nn.Module,
+    images: np.ndarray,
+    kinds: np.ndarray,
+    colors: np.ndarray,
+    config: dict[str, Any],
+    seed: int,
+    checkpoint: Checkpoint | None = None,
+) -> list[dict[str, float]]:
+    """Per-pixel cross-entropy of kind and colour (`shapes_detect.segmentation_loss`), half of each batch blurred
+    and noised as early x0-hats are (`_augment`) with its labels kept: the segmenter learns to read the shapes a
+    blurry image will become."""
+    from diffsteer.rewards.shapes_detect import segmentation_loss
+
+    generator = torch.Generator().manual_seed(seed)
+    optimizer = _Optimizer(list(model.parameters()), config, weight_decay=0.01, warmup_steps=config["warmup_steps"])
+    log = LossLog("detect", config["steps"])
+    batches = _Batches(len(images), config["batch_size"], generator)
+    model.train()
+
+    def step(_: int) -> float:
+        index = next(batches).numpy()
+        x = _augment(to_tensor(images[index]), generator)
+        loss = segmentation_loss(model, x, torch.from_numpy(kinds[index]), torch.from_numpy(colors[index]))
+        optimizer.step(loss)
+        return loss.item()
+
+    state = {"detect": model, "optimizer": optimizer, "generator": _GeneratorState(generator), "batches": batches}
+    _run(config["steps"], state, checkpoint, step, log)
+    model.eval()
+    return log.rows
+
+
 def write_log(path: Path, stage: str, rows: list[dict[str, float]], extra: dict[str, Any]) -> None:
     """Add a stage's losses to the training log (JSON) next to the weights."""
     log = json.loads(path.read_text()) if path.exists() else {}
