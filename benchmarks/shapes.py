@@ -1,6 +1,6 @@
 """Plain sampling vs. best-of-N vs. FK steering on the shapes world's held-out prompts, judged by the evaluator.
 
-FK steers on `--reward` (default shapes-clip); the evaluator never steers, it only judges. For every held-out prompt
+FK steers on `--reward` (default shapes-detect); the evaluator never steers, it only judges. For every held-out prompt
 of every category (at most `--per-category`, in sorted order), every seed and every budget, it runs plain sampling
 (one particle), best-of-N and FK at the same budget, and prints a Markdown table per category and overall: the
 evaluator's accuracy on the returned image and its mean reward.
@@ -125,7 +125,7 @@ def paired_table(results: Results, comparisons: list[tuple[str, str]], categorie
 
 def add_common_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--model", default=gen.SHAPES_MODEL)
-    parser.add_argument("--reward", default="shapes-clip")
+    parser.add_argument("--reward", default="shapes-detect")
     parser.add_argument(
         "--reward-option",
         action="append",
