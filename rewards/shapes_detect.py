@@ -238,21 +238,30 @@ def caption_log_prob(
     extra = sum((_log(1 - region.presence) for region in found[MAX_REGIONS:]), torch.zeros((), device=device))
     table = [[_object_log_prob(want, region) for region in candidates] for want in wanted]
     absent = [_log(1 - region.presence) for region in candidates]
+    relations = {}
+    if required.relation is not None:
+        relations = {
+            (a, b): relation_log_prob(required.relation, candidates[a], candidates[b])
+            for a, b in itertools.permutations(range(len(candidates)), 2)
+        }
+    # The search runs on plain floats (up to 8P4 = 1,680 assignments); only the winner is summed with gradients.
+    table_value = [[float(entry.detach()) for entry in row] for row in table]
+    absent_value = [float(entry.detach()) for entry in absent]
+    relation_value = {pair: float(entry.detach()) for pair, entry in relations.items()}
     slots = list(range(len(candidates))) + [None] * max(0, len(wanted) - len(candidates))
-    best, best_value = None, -math.inf
+    best, best_value = (), -math.inf
     for chosen in itertools.permutations(slots, len(wanted)):
-        terms: list[torch.Tensor | float] = [table[i][j] if j is not None else LOG_FLOOR for i, j in enumerate(chosen)]
-        terms += [absent[j] for j in range(len(candidates)) if j not in chosen]
+        value = sum(table_value[i][j] if j is not None else LOG_FLOOR for i, j in enumerate(chosen))
+        value += sum(absent_value[j] for j in range(len(candidates)) if j not in chosen)
         if required.relation is not None:
-            first, second = chosen[0], chosen[1]
-            if first is None or second is None:
-                terms.append(LOG_FLOOR)
-            else:
-                terms.append(relation_log_prob(required.relation, candidates[first], candidates[second]))
-        value = sum(float(t.detach()) if isinstance(t, torch.Tensor) else t for t in terms)
+            value += relation_value.get((chosen[0], chosen[1]), LOG_FLOOR)
         if value > best_value:
-            best, best_value = terms, value
-    return sum(best, extra)
+            best, best_value = chosen, value
+    terms: list[torch.Tensor | float] = [table[i][j] if j is not None else LOG_FLOOR for i, j in enumerate(best)]
+    terms += [absent[j] for j in range(len(candidates)) if j not in best]
+    if required.relation is not None:
+        terms.append(relations.get((best[0], best[1]), LOG_FLOOR))
+    return sum(terms, extra)
 
 
 def _shipped() -> Path:
