@@ -128,7 +128,7 @@ def test_shipped_rewards_rank_matching_captions_above_mismatched_ones(name, edit
 
 def test_the_readme_main_command_runs_on_the_embedded_model(tmp_path):
     """The README's first command ends in `diffsteer generate PROMPT` with the defaults: the embedded model,
-    shapes-clip and FK at budget 4. Run that, writing to a temporary folder; the reward and the evaluator's verdict
+    shapes-detect and FK at budget 4. Run that, writing to a temporary folder; the reward and the evaluator's verdict
     must be the ones the README shows (so its claim that the image is of the prompt stays true)."""
     readme = (ROOT / "README.md").read_text()
     command = re.search(r"<!-- main-command -->\n```bash\n(.*?)\n```", readme, re.DOTALL).group(1)
@@ -137,7 +137,7 @@ def test_the_readme_main_command_runs_on_the_embedded_model(tmp_path):
     out = tmp_path / "out"
     assert main([*argv, "--out", str(out)]) == 0
     summary = json.loads((out / "summary.json").read_text())
-    assert summary["model"] == "shapes" and summary["reward"] == "shapes-clip"
+    assert summary["model"] == "shapes" and summary["reward"] == "shapes-detect"
     assert summary["method"]["name"] == "fk" and summary["budget"]["num_particles"] == 4
     assert Image.open(out / "image.png").size == (IMAGE_SIZE, IMAGE_SIZE)
     shown = re.search(r"wrote diffsteer-output/image.png \(reward ([0-9.]+); evaluator: (\w+)\)", readme)
