@@ -140,6 +140,6 @@ def test_the_readme_main_command_runs_on_the_embedded_model(tmp_path):
     assert summary["model"] == "shapes" and summary["reward"] == "shapes-detect"
     assert summary["method"]["name"] == "fk" and summary["budget"]["num_particles"] == 4
     assert Image.open(out / "image.png").size == (IMAGE_SIZE, IMAGE_SIZE)
-    shown = re.search(r"wrote diffsteer-output/image.png \(reward ([0-9.]+); evaluator: (\w+)\)", readme)
+    shown = re.search(r"wrote diffsteer-output/image.png \(reward (-?[0-9.]+); evaluator: (\w+)\)", readme)
     assert summary["rewards"]["selected"] == pytest.approx(float(shown.group(1)), abs=0.05)
     assert summary["evaluator"]["selected"]["correct"] == (shown.group(2) == "correct")
