@@ -188,6 +188,12 @@ def degrade(scene: tuple[Shape, ...], rng: np.random.Generator, rounded: bool = 
     image = render_rounded(scene, rng) if rounded else render_scene(scene, supersampling=4).astype(np.float32)
     # The colour shift goes on before the blur, so that it does not paint a halo around each shape.
     image = image + rng.normal(0, 8, 3)[None, None] * (image != np.array(BACKGROUND)).any(-1, keepdims=True)
+    return decoder_finish(image, rng)
+
+
+def decoder_finish(image: np.ndarray, rng: np.random.Generator) -> np.ndarray:
+    """The last touches of a decoder's look on a float drawing: a blur up to 1.2 pixels, sometimes the corner tint,
+    and pixel noise; uint8 out."""
     blur = float(rng.uniform(0.0, 1.2))
     if blur > 0.2:
         image = ndimage.gaussian_filter(image, (blur, blur, 0))
@@ -235,6 +241,7 @@ __all__ = [
     "EDITS",
     "ROUNDED_EXPONENTS",
     "MatchingExample",
+    "decoder_finish",
     "degrade",
     "edit",
     "hard_negatives",

@@ -9,11 +9,10 @@ import math
 from dataclasses import dataclass
 
 import numpy as np
-from scipy import ndimage
 
 from diffsteer.worlds.shapes.captions import draw_scenes
 from diffsteer.worlds.shapes.evaluator import superellipse_coverage, triangle_coverage
-from diffsteer.worlds.shapes.matching import CORNER_TINTS, ROUNDED_EXPONENTS
+from diffsteer.worlds.shapes.matching import ROUNDED_EXPONENTS, decoder_finish
 from diffsteer.worlds.shapes.scenes import BACKGROUND, COLORS, IMAGE_SIZE, SHAPES, Shape, shape_mask
 from diffsteer.worlds.shapes.scenes import render as render_scene
 
@@ -70,14 +69,7 @@ def soft_drawing(scene: tuple[Shape, ...], rng: np.random.Generator) -> Segmenta
         image = image * (1 - cover[..., None]) + color.astype(np.float32) * cover[..., None]
         inside = cover >= 0.5
         kinds[inside], colors[inside] = KINDS.index(shape.kind), PALETTE.index(shape.color)
-    blur = float(rng.uniform(0.0, 1.2))
-    if blur > 0.2:
-        image = ndimage.gaussian_filter(image, (blur, blur, 0))
-    if rng.random() < 0.5:
-        for (row, column), tint in zip(((-1, -1), (0, -1), (-1, 0), (0, 0)), CORNER_TINTS, strict=True):
-            image[row, column] += np.array(tint) * rng.uniform(0, 1)
-    image = image + rng.normal(0, float(rng.uniform(0, 6)), image.shape)
-    return SegmentationExample(np.clip(image, 0, 255).round().astype(np.uint8), kinds, colors)
+    return SegmentationExample(decoder_finish(image, rng), kinds, colors)
 
 
 def segmentation_dataset(
