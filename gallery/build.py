@@ -1,7 +1,7 @@
 """Regenerate `gallery/index.html` and its images: for one held-out prompt per category of the shapes world, plain
 sampling, best-of-N and FK steering at the same budget, side by side, with their rewards and the evaluator's verdicts.
 
-    python gallery/build.py [--budget 8] [--seed 0] [--steps 25] [--model shapes] [--reward shapes-clip]
+    python gallery/build.py [--budget 8] [--seed 0] [--steps 25] [--model shapes] [--reward shapes-detect]
     python gallery/build.py --html-only
     python gallery/build.py --rejudge       # the saved images judged again by the current evaluator
 
@@ -42,7 +42,7 @@ RESULTS = re.compile(r'<script type="application/json" id="gallery-results">\n(.
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     parser.add_argument("--model", default=gen.SHAPES_MODEL)
-    parser.add_argument("--reward", default="shapes-clip")
+    parser.add_argument("--reward", default="shapes-detect")
     parser.add_argument("--budget", type=float, default=8)
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--steps", type=int, default=25)
