@@ -8,6 +8,7 @@ from diffusers import FluxPipeline
 from diffusers.pipelines.flux.pipeline_flux import calculate_shift
 
 from diffsteer.outputs import CostLedger
+from diffsteer.pipelines.denoiser import ClassifierFreeCombine, DenoiserParts
 from diffsteer.pipelines.steering import FamilySetup, SteeringMixin, prompt_list, refuse_with_a_method
 
 
@@ -125,21 +126,22 @@ class FluxSteeringPipeline(SteeringMixin, FluxPipeline):
                     return_dict=False,
                 )[0]
 
-        def model(
+        def denoise(
             sample: torch.Tensor,
             timestep: torch.Tensor,
             prompt_embeds: torch.Tensor,
             pooled_prompt_embeds: torch.Tensor,
             negative_prompt_embeds: torch.Tensor | None = None,
             negative_pooled_prompt_embeds: torch.Tensor | None = None,
-        ) -> torch.Tensor:
+        ) -> DenoiserParts:
+            # Two passes, as the parent's true CFG makes them (guidance-distilled Flux makes the first alone).
             velocity = transformer(sample, timestep, prompt_embeds, pooled_prompt_embeds, text_ids, "cond")
             if negative_prompt_embeds is None:
-                return velocity
+                return DenoiserParts(velocity)
             negative = transformer(
                 sample, timestep, negative_prompt_embeds, negative_pooled_prompt_embeds, negative_text_ids, "uncond"
             )
-            return negative + true_cfg_scale * (velocity - negative)
+            return DenoiserParts(velocity, negative)
 
         def decode(latents: torch.Tensor, vae: Any) -> torch.Tensor:
             latents = self._unpack_latents(latents, height, width, self.vae_scale_factor)
@@ -147,7 +149,8 @@ class FluxSteeringPipeline(SteeringMixin, FluxPipeline):
             return vae.decode(latents, return_dict=False)[0]
 
         return FamilySetup(
-            model=model,
+            denoise=denoise,
+            combine=ClassifierFreeCombine(lambda: true_cfg_scale),
             latents=latents,
             conditioning=conditioning,
             prompts=prompts,

@@ -7,10 +7,10 @@ from diffusers import StableDiffusion3Pipeline
 from diffusers.pipelines.stable_diffusion_3.pipeline_stable_diffusion_3 import calculate_shift
 
 from diffsteer.outputs import CostLedger
+from diffsteer.pipelines.denoiser import ClassifierFreeCombine, DenoiserParts
 from diffsteer.pipelines.steering import (
     FamilySetup,
     SteeringMixin,
-    classifier_free_guidance,
     prompt_list,
     refuse_with_a_method,
 )
@@ -93,14 +93,14 @@ class StableDiffusion3SteeringPipeline(SteeringMixin, StableDiffusion3Pipeline):
                 negative_prompt_embeds=negative_prompt_embeds, negative_pooled_prompt_embeds=negative_pooled
             )
 
-        def model(
+        def denoise(
             sample: torch.Tensor,
             timestep: torch.Tensor,
             prompt_embeds: torch.Tensor,
             pooled_prompt_embeds: torch.Tensor,
             negative_prompt_embeds: torch.Tensor | None = None,
             negative_pooled_prompt_embeds: torch.Tensor | None = None,
-        ) -> torch.Tensor:
+        ) -> DenoiserParts:
             # A callback may turn guidance off mid-run (diffusers' dynamic-CFG recipe), as in the parent.
             cfg = negative_prompt_embeds is not None and self.do_classifier_free_guidance
             if cfg:
@@ -116,14 +116,15 @@ class StableDiffusion3SteeringPipeline(SteeringMixin, StableDiffusion3Pipeline):
                 joint_attention_kwargs=self.joint_attention_kwargs,
                 return_dict=False,
             )[0]
-            return classifier_free_guidance(velocity, self.guidance_scale, 0.0) if cfg else velocity
+            return DenoiserParts.from_batch(velocity, cfg)
 
         def decode(latents: torch.Tensor, vae: Any) -> torch.Tensor:
             latents = (latents / vae.config.scaling_factor) + (vae.config.get("shift_factor") or 0.0)
             return vae.decode(latents, return_dict=False)[0]
 
         return FamilySetup(
-            model=model,
+            denoise=denoise,
+            combine=ClassifierFreeCombine(lambda: self.guidance_scale),
             latents=latents,
             conditioning=conditioning,
             prompts=prompts,

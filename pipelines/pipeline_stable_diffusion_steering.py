@@ -6,10 +6,10 @@ import torch
 from diffusers import StableDiffusionPipeline
 
 from diffsteer.outputs import CostLedger
+from diffsteer.pipelines.denoiser import ClassifierFreeCombine, DenoiserParts
 from diffsteer.pipelines.steering import (
     FamilySetup,
     SteeringMixin,
-    classifier_free_guidance,
     prompt_list,
     refuse_with_a_method,
 )
@@ -86,12 +86,12 @@ class StableDiffusionSteeringPipeline(SteeringMixin, StableDiffusionPipeline):
         if self.do_classifier_free_guidance:
             conditioning["negative_prompt_embeds"] = negative_prompt_embeds
 
-        def model(
+        def denoise(
             sample: torch.Tensor,
             timestep: torch.Tensor,
             prompt_embeds: torch.Tensor,
             negative_prompt_embeds: torch.Tensor | None = None,
-        ) -> torch.Tensor:
+        ) -> DenoiserParts:
             # A callback may turn guidance off mid-run (diffusers' dynamic-CFG recipe), as in the parent.
             cfg = negative_prompt_embeds is not None and self.do_classifier_free_guidance
             model_input = torch.cat([sample] * 2) if cfg else sample
@@ -105,9 +105,7 @@ class StableDiffusionSteeringPipeline(SteeringMixin, StableDiffusionPipeline):
                 cross_attention_kwargs=self.cross_attention_kwargs,
                 return_dict=False,
             )[0]
-            if cfg:
-                noise_pred = classifier_free_guidance(noise_pred, self.guidance_scale, self.guidance_rescale)
-            return noise_pred
+            return DenoiserParts.from_batch(noise_pred, cfg)
 
         def decode(latents: torch.Tensor, vae: Any) -> torch.Tensor:
             return vae.decode(latents / vae.config.scaling_factor, return_dict=False)[0]
@@ -115,7 +113,8 @@ class StableDiffusionSteeringPipeline(SteeringMixin, StableDiffusionPipeline):
         step_kwargs = self.prepare_extra_step_kwargs(None, call["eta"])
         step_kwargs.pop("generator", None)  # the engine passes the generators itself
         return FamilySetup(
-            model=model,
+            denoise=denoise,
+            combine=ClassifierFreeCombine(lambda: self.guidance_scale, lambda: self.guidance_rescale),
             latents=latents,
             conditioning=conditioning,
             prompts=prompts,

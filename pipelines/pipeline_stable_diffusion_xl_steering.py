@@ -6,10 +6,10 @@ import torch
 from diffusers import StableDiffusionXLPipeline
 
 from diffsteer.outputs import CostLedger
+from diffsteer.pipelines.denoiser import ClassifierFreeCombine, DenoiserParts
 from diffsteer.pipelines.steering import (
     FamilySetup,
     SteeringMixin,
-    classifier_free_guidance,
     prompt_list,
     refuse_with_a_method,
 )
@@ -112,7 +112,7 @@ class StableDiffusionXLSteeringPipeline(SteeringMixin, StableDiffusionXLPipeline
                 guidance, embedding_dim=self.unet.config.time_cond_proj_dim
             ).to(device=device, dtype=latents.dtype)
 
-        def model(
+        def denoise(
             sample: torch.Tensor,
             timestep: torch.Tensor,
             prompt_embeds: torch.Tensor,
@@ -121,7 +121,7 @@ class StableDiffusionXLSteeringPipeline(SteeringMixin, StableDiffusionXLPipeline
             negative_prompt_embeds: torch.Tensor | None = None,
             negative_add_text_embeds: torch.Tensor | None = None,
             negative_add_time_ids: torch.Tensor | None = None,
-        ) -> torch.Tensor:
+        ) -> DenoiserParts:
             # A callback may turn guidance off mid-run (diffusers' dynamic-CFG recipe), as in the parent.
             cfg = negative_prompt_embeds is not None and self.do_classifier_free_guidance
             if cfg:
@@ -139,9 +139,7 @@ class StableDiffusionXLSteeringPipeline(SteeringMixin, StableDiffusionXLPipeline
                 added_cond_kwargs={"text_embeds": add_text_embeds, "time_ids": add_time_ids},
                 return_dict=False,
             )[0]
-            return (
-                classifier_free_guidance(noise_pred, self.guidance_scale, self.guidance_rescale) if cfg else noise_pred
-            )
+            return DenoiserParts.from_batch(noise_pred, cfg)
 
         needs_upcasting = self.vae.dtype == torch.float16 and self.vae.config.force_upcast
         if needs_upcasting:
@@ -159,7 +157,8 @@ class StableDiffusionXLSteeringPipeline(SteeringMixin, StableDiffusionXLPipeline
         step_kwargs = self.prepare_extra_step_kwargs(None, call["eta"])
         step_kwargs.pop("generator", None)
         return FamilySetup(
-            model=model,
+            denoise=denoise,
+            combine=ClassifierFreeCombine(lambda: self.guidance_scale, lambda: self.guidance_rescale),
             latents=latents,
             conditioning=conditioning,
             prompts=prompts,

@@ -1,9 +1,10 @@
 """The steering engine shared by every pipeline family: written once, used by each `<Family>SteeringPipeline`.
 
 A family contributes one method, `_steering_setup`, that reuses its parent's own preparation (`check_inputs`,
-`encode_prompt`, `prepare_latents`, ...) and returns a `FamilySetup`: the guided denoiser as a
-`model(sample, timestep, **conditioning)` callable, the initial latents, the per-particle conditioning (re-indexed
-with the particles), and how to decode latents. The engine runs `diffsteer.loop.run_steering` with one particle
+`encode_prompt`, `prepare_latents`, ...) and returns a `FamilySetup`: the denoiser, which makes the parent's calls
+and returns their conditional and unconditional parts (`diffsteer.pipelines.denoiser`), the guidance that combines
+them, the initial latents, the per-particle conditioning (re-indexed with the particles), and how to decode
+latents. The engine runs `diffsteer.loop.run_steering` with one particle
 group per prompt, scores x0-hat through the VAE in chunks, and assembles a `SteeringPipelineOutput`.
 """
 
@@ -16,11 +17,11 @@ from typing import Any
 import numpy as np
 import torch
 from diffusers.callbacks import MultiPipelineCallbacks, PipelineCallback
-from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import rescale_noise_cfg
 
 from diffsteer.loop import RunContext, check_scores
 from diffsteer.methods.base import Method, check_method, run_method
 from diffsteer.outputs import CostLedger
+from diffsteer.pipelines.denoiser import Combine, Denoise, combined
 from diffsteer.pipelines.pipeline_output import SteeringPipelineOutput
 from diffsteer.processes.scheduler_process import STOCHASTIC_MODES, SchedulerProcess, Step
 from diffsteer.rewards import get_spec as get_reward_spec
@@ -37,7 +38,10 @@ class FamilySetup:
     """What a family's preparation hands to the engine.
 
     Attributes:
-        model: the guided denoiser `model(sample, timestep, **conditioning)`; it counts its rows in the ledger.
+        denoise: the denoiser `denoise(sample, timestep, **conditioning) -> DenoiserParts`, making the parent's
+            calls (its conditional and, under classifier-free guidance, unconditional outputs); it counts its rows
+            in the ledger.
+        combine: `combine(parts) -> model_output`, the guidance the parent applies to those parts.
         latents: initial latents, shape (num_prompts * num_particles, *shape), prompt-major.
         conditioning: per-particle tensors (leading dimension num_prompts * num_particles).
         prompts: one string per prompt group (for rewards that read the prompt).
@@ -48,7 +52,8 @@ class FamilySetup:
         finish: called when the run ends, even by an error (for example to cast an upcast VAE back).
     """
 
-    model: Callable[..., torch.Tensor]
+    denoise: Denoise
+    combine: Combine
     latents: torch.Tensor
     conditioning: dict[str, torch.Tensor]
     prompts: list[str]
@@ -57,14 +62,10 @@ class FamilySetup:
     timesteps_kwargs: dict[str, Any] = field(default_factory=dict)
     finish: Callable[[], None] | None = None
 
-
-def classifier_free_guidance(noise_pred: torch.Tensor, guidance_scale: float, guidance_rescale: float) -> torch.Tensor:
-    """Combine a [unconditional; conditional] batch the way diffusers' pipelines do (with optional rescale)."""
-    noise_pred_uncond, noise_pred_text = noise_pred.chunk(2)
-    guided = noise_pred_uncond + guidance_scale * (noise_pred_text - noise_pred_uncond)
-    if guidance_rescale > 0.0:
-        guided = rescale_noise_cfg(guided, noise_pred_text, guidance_rescale=guidance_rescale)
-    return guided
+    @property
+    def model(self) -> Callable[..., torch.Tensor]:
+        """The guided denoiser `model(sample, timestep, **conditioning)` that a plain run steps with."""
+        return combined(self.denoise, self.combine)
 
 
 def prompt_list(prompt: str | list[str] | None, prompt_embeds: torch.Tensor | None) -> list[str]:
