@@ -13,6 +13,7 @@ from diffsteer.processes.base import Generators, Model, Process, Step
 
 _LAZY = {
     "FlowMatchEulerSDEScheduler": "diffsteer.processes.flow_sde",
+    "GaussianKernel": "diffsteer.processes.kernels",
     "STOCHASTIC_MODES": "diffsteer.processes.scheduler_process",
     "SchedulerProcess": "diffsteer.processes.scheduler_process",
     "SCHEDULER_REGISTRY": "diffsteer.processes.schedulers",
@@ -31,6 +32,7 @@ __all__ = [
     "SCHEDULER_REGISTRY",
     "STOCHASTIC_MODES",
     "FlowMatchEulerSDEScheduler",
+    "GaussianKernel",
     "Generators",
     "Model",
     "Process",

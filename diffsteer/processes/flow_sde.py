@@ -121,6 +121,7 @@ class FlowMatchEulerSDEScheduler(FlowMatchEulerDiscreteScheduler):
         diffusion_scale: float = DEFAULT_DIFFUSION_SCALE,
         diffusion_schedule: str = "square",
         return_dict: bool = True,
+        variance_noise: torch.Tensor | None = None,
     ) -> FlowMatchEulerDiscreteSchedulerOutput | tuple:
         """One posterior step of the reverse SDE from `sample` at the current sigma to the next one.
 
@@ -132,11 +133,15 @@ class FlowMatchEulerSDEScheduler(FlowMatchEulerDiscreteScheduler):
             diffusion_scale (`float`, defaults to 1.0): scale of the diffusion coefficient; 0 is the Euler ODE.
             diffusion_schedule (`str`, defaults to `"square"`): `"square"`, `"linear"` or `"constant"`.
             return_dict (`bool`, defaults to `True`): return a `FlowMatchEulerDiscreteSchedulerOutput`.
+            variance_noise (`torch.Tensor`, *optional*): the step's noise z itself, in place of a draw from
+                `generator` (as DDIM's and DPM-Solver's `step` take it).
 
         Raises:
-            ValueError: for an unknown `diffusion_schedule`.
+            ValueError: for an unknown `diffusion_schedule`, or both `generator` and `variance_noise`.
         """
         _check_schedule(diffusion_schedule)
+        if variance_noise is not None and generator is not None:
+            raise ValueError("Pass generator or variance_noise to FlowMatchEulerSDEScheduler.step, not both.")
         if self.step_index is None:
             self._init_step_index(timestep)
         sigma = float(self.sigmas[self.step_index])
@@ -151,7 +156,10 @@ class FlowMatchEulerSDEScheduler(FlowMatchEulerDiscreteScheduler):
             refresh = noise_refresh(sigma, sigma_next, diffusion_scale, diffusion_schedule)
         if refresh > 0:
             eps_hat = x + (1 - sigma) * velocity
-            noise = randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            if variance_noise is None:
+                noise = randn_tensor(x.shape, generator=generator, device=x.device, dtype=x.dtype)
+            else:
+                noise = variance_noise.to(device=x.device, dtype=x.dtype)
             # expm1 keeps 1 - rho and 1 - rho^2 accurate when little is refreshed (many steps).
             kept_minus_one = math.expm1(-refresh / 2)
             fresh = math.sqrt(-math.expm1(-refresh))

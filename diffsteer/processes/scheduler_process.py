@@ -12,7 +12,9 @@ from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
 
 from diffsteer.processes.base import Generators, Model, Step
+from diffsteer.processes.kernels import GaussianKernel
 from diffsteer.processes.schedulers import (
+    SCHEDULER_REGISTRY,
     SchedulerSpec,
     SchedulerState,
     copy_scheduler,
@@ -263,6 +265,26 @@ class SchedulerProcess:
         output = self.scheduler.step(particles.model_output, step.timestep, particles.latents, **kwargs)
         particles.latents = output.prev_sample
         self._capture(particles)
+
+    def kernel(self, particles: Particles, step: Step) -> GaussianKernel:
+        """The Gaussian kernel N(mean, std^2) that `transition` draws from at `step`, given the particles' latents,
+        `model_output` and solver history; reading it steps no scheduler and draws no noise.
+
+        Raises:
+            ValueError: if the scheduler (as resolved, after any stochastic switch) has no kernel in the registry.
+        """
+        kernel = self.spec.kernel
+        if kernel is None:
+            with_kernel = sorted(cls.__name__ for cls, spec in SCHEDULER_REGISTRY.items() if spec.kernel is not None)
+            raise ValueError(
+                f"{type(self.scheduler).__name__} has no Gaussian transition kernel in diffsteer's scheduler "
+                "registry, so a method that reweights its shifted transitions cannot run on it. Use one of "
+                f"{with_kernel} (with "
+                "eta > 0 for DDIM, algorithm_type='sde-dpmsolver++' for DPM-Solver), or register a kernel with "
+                "`diffsteer.processes.register_scheduler`."
+            )
+        self._load(particles)
+        return kernel(self.scheduler, particles.model_output, step.timestep, particles.latents, self.step_kwargs)
 
     def renoise(self, particles: Particles, start: int, to: int, generator: Generators = None) -> None:
         """Draw x at the start of full step `to` from the forward kernel q(x_to | x_start) of the scheduler's own

@@ -40,6 +40,14 @@ from diffusers import (
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 
 from diffsteer.processes.flow_sde import FLOW_SDE_COST, FlowMatchEulerSDEScheduler
+from diffsteer.processes.kernels import (
+    KernelFn,
+    ddim_kernel,
+    ddpm_kernel,
+    dpmsolver_kernel,
+    euler_ancestral_kernel,
+    flow_sde_kernel,
+)
 from diffsteer.smc.particles import reindex_value
 
 
@@ -57,12 +65,15 @@ class SchedulerSpec:
         is_deterministic (`Callable[[SchedulerMixin, dict], bool]`): whether `step` with these kwargs draws no noise.
         make_stochastic (`Callable`, *optional*): builds the stochastic variant; `None` when always stochastic.
         space (`str`, defaults to `"vp"`): `"vp"` or `"flow"`.
+        kernel (`Callable`, *optional*): the Gaussian kernel (mean, std) of a stochastic `step`, read without side
+            effects (`diffsteer.processes.kernels`); `None` where the step has none diffsteer knows.
     """
 
     per_particle: tuple[str, ...]
     is_deterministic: Callable[[SchedulerMixin, StepKwargs], bool]
     make_stochastic: MakeStochastic | None = None
     space: str = "vp"
+    kernel: KernelFn | None = None
 
 
 SCHEDULER_REGISTRY: dict[type[SchedulerMixin], SchedulerSpec] = {}
@@ -232,12 +243,12 @@ def _sasolver_deterministic(scheduler: SchedulerMixin, step_kwargs: StepKwargs) 
 _SDE_DPMSOLVER = _switch_to(DPMSolverMultistepScheduler, algorithm_type="sde-dpmsolver++")
 
 for _cls, _spec in {
-    DDPMScheduler: SchedulerSpec((), _never_deterministic),
-    DDIMScheduler: SchedulerSpec((), _ddim_deterministic, _set_step_kwarg("eta", 1.0)),
+    DDPMScheduler: SchedulerSpec((), _never_deterministic, kernel=ddpm_kernel),
+    DDIMScheduler: SchedulerSpec((), _ddim_deterministic, _set_step_kwarg("eta", 1.0), kernel=ddim_kernel),
     EulerDiscreteScheduler: SchedulerSpec(
         (), lambda s, kw: kw.get("s_churn", 0.0) == 0, _switch_to(EulerAncestralDiscreteScheduler)
     ),
-    EulerAncestralDiscreteScheduler: SchedulerSpec((), _never_deterministic),
+    EulerAncestralDiscreteScheduler: SchedulerSpec((), _never_deterministic, kernel=euler_ancestral_kernel),
     LCMScheduler: SchedulerSpec((), _never_deterministic),
     TCDScheduler: SchedulerSpec((), lambda s, kw: kw.get("eta", 0.3) == 0, _set_step_kwarg("eta", 0.3)),
     # diffusers' stochastic_sampling=True re-noises x0-hat from scratch at every step, which shrinks the modes even at
@@ -254,8 +265,11 @@ for _cls, _spec in {
         lambda s, kw: kw.get("diffusion_scale", FlowMatchEulerSDEScheduler.default_diffusion_scale) == 0,
         _set_step_kwarg("diffusion_scale", FlowMatchEulerSDEScheduler.default_diffusion_scale, cost=FLOW_SDE_COST),
         space="flow",
+        kernel=flow_sde_kernel,
     ),
-    DPMSolverMultistepScheduler: SchedulerSpec(("model_outputs",), _dpmsolver_deterministic, _SDE_DPMSOLVER),
+    DPMSolverMultistepScheduler: SchedulerSpec(
+        ("model_outputs",), _dpmsolver_deterministic, _SDE_DPMSOLVER, kernel=dpmsolver_kernel
+    ),
     DPMSolverSinglestepScheduler: SchedulerSpec(
         ("model_outputs", "sample"),
         _dpmsolver_deterministic,
