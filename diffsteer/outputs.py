@@ -31,6 +31,8 @@ class CostLedger:
         num_groups: prompts (independent particle systems) of the run.
         plain_model_rows: the denoiser rows of one plain sample at the same steps and guidance (the budget's unit).
         budget: the budget the method was made for, in plain samples per prompt, or None.
+        backward_rows: denoiser rows a backward pass ran through (reward-gradient methods that differentiate
+            through the model); each costs `diffsteer.gradients.BACKWARD_COST` forward rows in `cost`.
     """
 
     model_calls: int = 0
@@ -48,6 +50,7 @@ class CostLedger:
     num_groups: int = 1
     plain_model_rows: int = 0
     budget: float | None = None
+    backward_rows: int = 0
     _started: float = field(default_factory=time.perf_counter, repr=False, compare=False)
 
     def add_model(self, rows: int) -> None:
@@ -64,15 +67,26 @@ class CostLedger:
         self.decode_rows += rows
         self.decode_time_s += seconds
 
+    def add_backward(self, rows: int) -> None:
+        self.backward_rows += rows
+
+    @property
+    def denoiser_rows(self) -> float:
+        """Forward rows plus backward rows at their documented cost, in forward rows (what a budget limits)."""
+        from diffsteer.gradients import BACKWARD_COST
+
+        return self.model_rows + BACKWARD_COST * self.backward_rows
+
     def stop(self) -> None:
         self.wall_time_s = time.perf_counter() - self._started
 
     @property
     def cost(self) -> float:
-        """Denoiser rows spent per prompt, in plain samples (what a budget limits)."""
+        """Denoiser rows spent per prompt (backward rows at their documented cost), in plain samples (what a budget
+        limits)."""
         if not self.plain_model_rows:
             return math.nan
-        return self.model_rows / (self.plain_model_rows * self.num_groups)
+        return self.denoiser_rows / (self.plain_model_rows * self.num_groups)
 
     @property
     def wall_time_cost(self) -> float:
@@ -89,7 +103,7 @@ class CostLedger:
         """Whether the denoiser rows stayed within the budget (None without one)."""
         if self.budget is None:
             return None
-        return self.model_rows <= self.budget * self.plain_model_rows * self.num_groups + 1e-9
+        return self.denoiser_rows <= self.budget * self.plain_model_rows * self.num_groups + 1e-9
 
     def as_dict(self) -> dict[str, float | None]:
         values = {name: getattr(self, name) for name in self.__dataclass_fields__ if not name.startswith("_")}

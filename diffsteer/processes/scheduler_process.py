@@ -240,6 +240,69 @@ class SchedulerProcess:
         particles.x0_hat = x0_hat
         self._capture(particles)  # scale_model_input may have set the step index
 
+    def predict_with_gradient(
+        self,
+        particles: Particles,
+        step: Step,
+        objective: Callable[[torch.Tensor, slice], torch.Tensor],
+        *,
+        through_model: bool,
+        chunk_size: int | None = None,
+        what: str = "the reward",
+    ) -> tuple[torch.Tensor, torch.Tensor]:
+        """`predict`, plus every particle's score `objective(x0_hat_rows, rows)` and its gradient with respect to the
+        particle's latents, `chunk_size` rows at a time (see `diffsteer.gradients.chunked_gradient`).
+
+        With `through_model=True` (DPS) the model runs under autograd, one chunk at a time, and the gradient goes
+        through its Jacobian: this replaces the step's model call (same forward rows) and adds one backward row per
+        particle row. With `through_model=False` the model runs once as in `predict` and its output is held fixed:
+        the gradient goes through x0-hat's own formula alone (1 / sqrt(alpha_bar) for an epsilon model, 1 for a flow
+        model), with no backward pass through the model.
+
+        Returns:
+            the scores (float64, shape (N,)) and the gradients (the latents' shape); `model_output` and `x0_hat` are
+            set on the particles as `predict` sets them.
+        """
+        from diffsteer.gradients import chunked_gradient
+
+        if not through_model:
+            self.predict(particles, step, with_x0_hat=True)
+            fixed_output = particles.model_output
+
+            def held_fixed(rows_latents: torch.Tensor, rows: slice) -> torch.Tensor:
+                return objective(self._x0(rows_latents, fixed_output[rows], step), rows)
+
+            return chunked_gradient(held_fixed, particles.latents, chunk_size=chunk_size, what=what)
+
+        self._load(particles)
+        outputs: list[torch.Tensor] = []
+
+        def through(rows_latents: torch.Tensor, rows: slice) -> torch.Tensor:
+            conditioning = {name: value[rows] for name, value in particles.conditioning.items()}
+            model_input = self._scale(rows_latents, step)
+            model_output = self.model(model_input, step.timestep, **conditioning)
+            self.particle_calls += rows_latents.shape[0]
+            outputs.append(model_output.detach())
+            return objective(self._x0(rows_latents, model_output, step), rows)
+
+        scores, grads = chunked_gradient(through, particles.latents, chunk_size=chunk_size, what=what)
+        particles.model_output = torch.cat(outputs)
+        particles.x0_hat = self._x0(particles.latents, particles.model_output, step)
+        self._capture(particles)
+        return scores, grads
+
+    def _scale(self, sample: torch.Tensor, step: Step) -> torch.Tensor:
+        scale = getattr(self.scheduler, "scale_model_input", None)
+        return scale(sample, step.timestep) if scale is not None else sample
+
+    def _x0(self, sample: torch.Tensor, model_output: torch.Tensor, step: Step) -> torch.Tensor:
+        """x0-hat of `sample` given the model's output at `step`, as `predict` computes it (differentiable in both)."""
+        if self.is_flow:
+            index = self.scheduler.step_index if self.scheduler.step_index is not None else step.index
+            return flow_x0(sample, model_output, self._sigmas[index])
+        prediction_type = self.scheduler.config.prediction_type
+        return vp_x0(self._scale(sample, step), model_output, self._alpha_bars[step.index], prediction_type)
+
     def check_particle_state(self, num_particles: int) -> None:
         """Raise if the scheduler holds per-particle state the registry does not know (resampling would miss it)."""
         unknown = unregistered_particle_state(self.scheduler, num_particles)
