@@ -176,6 +176,7 @@ def run_steering(
     num_outputs: int = 1,
     on_step_end: Callable[[Step, Particles], None] | None = None,
     final_reward: Reward | None = None,
+    gradient_reward: Callable[[torch.Tensor, slice], torch.Tensor] | None = None,
 ) -> SteeringRun:
     """Run an SMC method (FK, best-of-N) over `process` with `num_groups` groups of `method.num_particles` particles.
 
@@ -195,6 +196,8 @@ def run_steering(
         num_outputs: outputs selected per group.
         on_step_end: called after every transition with the step and the particles (pipelines' callbacks).
         final_reward: scores the final samples (defaults to `reward`; a pipeline decodes them with its full VAE).
+        gradient_reward: `gradient_reward(x0_hat_rows, rows)`, the reward of a chunk of x0-hat rows with autograd
+            history, for methods that shift transitions by its gradient (defaults to `reward` on the rows).
 
     Raises:
         TypeError, ValueError: for bad arguments, bad rewards (see `check_scores`), a group left without weight, or
@@ -215,6 +218,9 @@ def run_steering(
         )
     potential = method.make_potential()
     reward_steps = method.reward_steps(process.num_inference_steps)
+    make_guide = getattr(method, "make_guide", None)  # reward-gradient methods shift the transitions
+    guide = make_guide() if make_guide is not None else None
+    gradient_reward = _rows_reward(reward) if gradient_reward is None else gradient_reward
     particles = process.init(total, generator, latents, conditioning)
     # Log-weights need no place among the particles: resampled groups become uniform, the others keep their order.
     # True log-weight = log_offsets[g] + log_weights[g, i], with each row's largest log-weight kept at 0.
@@ -229,12 +235,17 @@ def run_steering(
     for step in process.steps():
         rewarded = potential is not None and step.at_boundary and step.full_step in reward_steps
         watch.record_input(step, particles.latents)
-        process.predict(particles, step, with_x0_hat=rewarded)
+        guided = guide is not None and step.at_boundary
+        if guided:
+            rewards, gradient, kernel = _guided_predict(process, particles, step, guide, gradient_reward, ledger)
+        else:
+            process.predict(particles, step, with_x0_hat=rewarded)
         watch.record_output(particles.model_output)
         group_resampled = (False,) * num_groups
         ancestors = None
         if rewarded:
-            rewards = _score(reward, particles.x0_hat, ledger, watch, f"x0-hat at step {step.index}")
+            if not guided:  # a guided step scored x0-hat already, on the way to its gradient
+                rewards = _score(reward, particles.x0_hat, ledger, watch, f"x0-hat at step {step.index}")
             particles.x0_hat = None  # only the reward reads it, and the next prediction replaces it: not worth moving
             log_potential, particles.potential_state = potential.step(
                 particles.potential_state, rewards, step.progress
@@ -250,6 +261,9 @@ def run_steering(
                 particles, log_weights, log_offsets, group_resampled, method, generator
             )
             ledger.resampling_steps += 1
+            if guided:
+                gradient = gradient[ancestors.to(gradient.device)]
+                kernel = None if kernel is None else kernel.take(ancestors)
         records.append((step, rewarded, group_ess, group_resampled, ancestors))
         # The weights only change at reward steps: until the next one, the ESS is what resampling left.
         group_ess = tuple(
@@ -257,6 +271,13 @@ def run_steering(
             for value, resampled in zip(group_ess, group_resampled, strict=True)
         )
         process.transition(particles, step, generator)
+        if guided:
+            shift = guide.shift(gradient, kernel)
+            if shift is not None:
+                particles.latents = particles.latents + shift
+                if guide.proposal_ratio:
+                    ratio = kernel.log_ratio(particles.latents, shift).view(num_groups, num_particles)
+                    log_weights, log_offsets = _reweight(log_weights, log_offsets, ratio)
         if on_step_end is not None:
             on_step_end(step, particles)
 
@@ -287,6 +308,49 @@ def run_steering(
         cost=ledger,
         changes=list(process.changes),
     )
+
+
+def _rows_reward(reward: Reward) -> Callable[[torch.Tensor, slice], torch.Tensor]:
+    """The reward as the differentiable path calls it, on a chunk of rows."""
+
+    def on_rows(x0_hat: torch.Tensor, rows: slice) -> torch.Tensor:
+        return reward(x0_hat)
+
+    on_rows.__name__ = getattr(reward, "__name__", None) or type(reward).__name__  # errors name the reward
+    return on_rows
+
+
+def _guided_predict(
+    process: Process,
+    particles: Particles,
+    step: Step,
+    guide: Any,
+    gradient_reward: Callable[[torch.Tensor, slice], torch.Tensor],
+    ledger: CostLedger,
+) -> tuple[torch.Tensor, torch.Tensor, Any]:
+    """The model call of a guided step: the rewards of x0-hat, their gradients with respect to the latents and,
+    where the guide needs it, the step's Gaussian kernel (read before the transition moves anything)."""
+    predict_with_gradient = getattr(process, "predict_with_gradient", None)
+    if predict_with_gradient is None:
+        raise TypeError(f"{type(process).__name__} has no predict_with_gradient, which reward guidance needs.")
+    rows_before, model_seconds = ledger.model_rows, ledger.model_time_s
+    started = time.perf_counter()
+    rewards, gradient = predict_with_gradient(
+        particles,
+        step,
+        gradient_reward,
+        through_model=guide.through_model,
+        chunk_size=guide.chunk_size,
+        what=f"reward {_name(gradient_reward)}",
+    )
+    if guide.through_model:
+        ledger.add_backward(ledger.model_rows - rows_before)
+    # The reward's time is the gradient pass's less the model's (its forward, timed by the model's counter).
+    seconds = time.perf_counter() - started - (ledger.model_time_s - model_seconds)
+    ledger.add_reward(particles.num_particles, max(seconds, 0.0))
+    rewards = check_scores(rewards, particles.num_particles, f"reward {_name(gradient_reward)}").to(process.device)
+    kernel = process.kernel(particles, step) if guide.needs_kernel else None
+    return rewards, gradient, kernel
 
 
 def _check_num_outputs(num_outputs: Any, num_particles: int) -> int:

@@ -11,7 +11,7 @@ from diffusers import DDPMScheduler, EulerAncestralDiscreteScheduler
 from diffsteer.gradients import BACKWARD_COST, NotDifferentiableError, chunked_gradient
 from diffsteer.outputs import CostLedger
 from diffsteer.processes import FlowMatchEulerSDEScheduler, SchedulerProcess
-from diffsteer.worlds.gmm import exact_denoiser, four_modes
+from diffsteer.worlds.gmm import GaussianMixture, exact_denoiser, four_modes
 
 
 TARGET = torch.tensor([2.0, 3.2], dtype=torch.float64)
@@ -80,44 +80,31 @@ SCHEDULERS = {
 
 
 @pytest.mark.parametrize("name", sorted(SCHEDULERS))
-@pytest.mark.parametrize("through_model", [True, False])
-def test_gradients_match_central_differences_of_the_exact_denoiser(name, through_model):
-    scheduler = SCHEDULERS[name]()
-    process = _process(scheduler)
+def test_dps_gradients_match_central_differences_of_the_exact_denoiser(name):
+    process = _process(SCHEDULERS[name]())
+    probe = _process(SCHEDULERS[name]())
     particles = process.init(6, torch.Generator().manual_seed(0))
-    steps = list(process.steps())
-    for step in steps[:4]:
-        process.predict(particles, step, with_x0_hat=False)
-        process.transition(particles, step, torch.Generator().manual_seed(step.index))
-    step = steps[4]
+    probe_particles = probe.init(6, torch.Generator().manual_seed(0))
+    steps, probe_steps = list(process.steps()), list(probe.steps())
+    # Four steps on both, so that the solver state (Euler ancestral reads sigmas by its step index) agrees at step 4.
+    for step, probe_step in zip(steps[:4], probe_steps[:4], strict=True):
+        for p, ps, s in ((process, particles, step), (probe, probe_particles, probe_step)):
+            p.predict(ps, s, with_x0_hat=False)
+            p.transition(ps, s, torch.Generator().manual_seed(s.index))
     latents = particles.latents.clone()
     scores, grads = process.predict_with_gradient(
-        particles, step, lambda x0, rows: reward(x0), through_model=through_model, chunk_size=4
+        particles, steps[4], lambda x0, rows: reward(x0), through_model=True, chunk_size=4
     )
-    probe = _process(SCHEDULERS[name]())
-    probe_particles = probe.init(6, latents=latents)
-    probe_steps = list(probe.steps())
 
     def objective(x: torch.Tensor) -> torch.Tensor:
-        # x0-hat of x as `predict` computes it, at the same step (the probe is advanced to it, noise irrelevant).
         moved = probe.init(6, latents=x)
         moved.scheduler_state = probe_particles.scheduler_state
-        if through_model:
-            probe.predict(moved, probe_steps[4])
-            return reward(moved.x0_hat)
-        moved.model_output = fixed
-        return reward(probe._x0(x, fixed, probe_steps[4]))
+        probe.predict(moved, probe_steps[4])
+        return reward(moved.x0_hat)
 
-    # Advance the probe's solver state to step 4 so that its step index (Euler ancestral reads sigmas by it) agrees.
-    for probe_step in probe_steps[:4]:
-        probe.predict(probe_particles, probe_step, with_x0_hat=False)
-        probe.transition(probe_particles, probe_step, torch.Generator().manual_seed(0))
-    probe_particles.latents = latents
-    fixed = particles.model_output
-    expected = _central_difference(objective, latents)
     assert torch.allclose(scores, objective(latents), rtol=1e-10, atol=1e-10)
-    assert torch.allclose(grads, expected, rtol=1e-5, atol=1e-6), (grads, expected)
-    # predict's outputs are set as predict sets them.
+    assert torch.allclose(grads, _central_difference(objective, latents), rtol=1e-5, atol=1e-6)
+    # predict's outputs are set on the particles as predict sets them.
     reference = probe.init(6, latents=latents)
     reference.scheduler_state = probe_particles.scheduler_state
     probe.predict(reference, probe_steps[4])
@@ -125,15 +112,42 @@ def test_gradients_match_central_differences_of_the_exact_denoiser(name, through
     assert torch.allclose(particles.x0_hat, reference.x0_hat, rtol=1e-12, atol=1e-12)
 
 
-def test_holding_the_model_fixed_scales_the_x0_gradient_by_the_formula():
-    # epsilon held fixed: x0-hat = (x - sqrt(1 - a) eps) / sqrt(a), so d r / d x = r'(x0-hat) / sqrt(a).
+@pytest.mark.parametrize("name", sorted(SCHEDULERS))
+def test_holding_x0_fixed_is_exact_for_unit_gaussian_data(name):
+    # For data N(0, I), x0-hat is linear in x_t with the Jacobian x0_jacobian_scale: both variants then agree.
+    unit = GaussianMixture.isotropic([1.0], [[0.0, 0.0]], std=1.0)
+    gradients = []
+    for through_model in (True, False):
+        scheduler = SCHEDULERS[name]()
+        process = SchedulerProcess(
+            exact_denoiser(unit, scheduler), scheduler, shape=(2,), num_inference_steps=10, dtype=torch.float64
+        )
+        particles = process.init(5, torch.Generator().manual_seed(3))
+        for step in process.steps():
+            if step.index in (1, 6):
+                gradients.append(
+                    process.predict_with_gradient(
+                        particles, step, lambda x0, rows: reward(x0), through_model=through_model
+                    )[1]
+                )
+            else:
+                process.predict(particles, step, with_x0_hat=False)
+            process.transition(particles, step, torch.Generator().manual_seed(step.index))
+    for dps, fixed in zip(gradients[:2], gradients[2:], strict=True):
+        # 1e-6: the mixture's flow denoiser reads sigma off the float32 timestep (t / 1000), the process off the
+        # scheduler's sigmas, which differ in the eighth digit.
+        assert torch.allclose(dps, fixed, rtol=1e-6, atol=1e-9)
+        assert not torch.allclose(dps, torch.zeros_like(dps))
+
+
+def test_holding_x0_fixed_on_the_mixture_is_the_x0_gradient_times_sqrt_alpha_bar():
     scheduler = DDPMScheduler(clip_sample=False)
     process = _process(scheduler)
     particles = process.init(5, torch.Generator().manual_seed(1))
     step = next(iter(process.steps()))
     _, grads = process.predict_with_gradient(particles, step, lambda x0, rows: reward(x0), through_model=False)
     a = float(process.scheduler.alphas_cumprod[int(step.timestep)])
-    assert torch.allclose(grads, -2 * (particles.x0_hat - TARGET) / math.sqrt(a), rtol=1e-10)
+    assert torch.allclose(grads, -2 * (particles.x0_hat - TARGET) * math.sqrt(a), rtol=1e-10)
 
 
 def test_the_ledger_prices_backward_rows_at_the_documented_constant():

@@ -40,6 +40,13 @@ class GaussianKernel:
     mean: torch.Tensor
     std: torch.Tensor
 
+    def take(self, indices: torch.Tensor) -> "GaussianKernel":
+        """The kernel of the particles at `indices` (after resampling)."""
+        std = torch.as_tensor(self.std)
+        if std.ndim > 0 and std.shape[0] == self.mean.shape[0]:
+            std = std[indices.to(std.device)]
+        return GaussianKernel(self.mean[indices.to(self.mean.device)], std)
+
     def log_prob(self, x: torch.Tensor) -> torch.Tensor:
         """log N(x; mean, std^2) summed over each row, in float64, shape (N,).
 

@@ -255,9 +255,11 @@ class SchedulerProcess:
 
         With `through_model=True` (DPS) the model runs under autograd, one chunk at a time, and the gradient goes
         through its Jacobian: this replaces the step's model call (same forward rows) and adds one backward row per
-        particle row. With `through_model=False` the model runs once as in `predict` and its output is held fixed:
-        the gradient goes through x0-hat's own formula alone (1 / sqrt(alpha_bar) for an epsilon model, 1 for a flow
-        model), with no backward pass through the model.
+        particle row. With `through_model=False` the model runs once as in `predict`, x0-hat is held fixed, and the
+        reward's gradient with respect to x0-hat is carried to the latents by the Jacobian x0-hat would have for
+        unit-variance Gaussian data (`x0_jacobian_scale`): no backward pass through the model. That Jacobian is
+        exact for such data and right as the noise vanishes, and it shrinks the gradient at high noise, where
+        x0-hat hardly depends on x_t.
 
         Returns:
             the scores (float64, shape (N,)) and the gradients (the latents' shape); `model_output` and `x0_hat` are
@@ -267,12 +269,8 @@ class SchedulerProcess:
 
         if not through_model:
             self.predict(particles, step, with_x0_hat=True)
-            fixed_output = particles.model_output
-
-            def held_fixed(rows_latents: torch.Tensor, rows: slice) -> torch.Tensor:
-                return objective(self._x0(rows_latents, fixed_output[rows], step), rows)
-
-            return chunked_gradient(held_fixed, particles.latents, chunk_size=chunk_size, what=what)
+            scores, grads = chunked_gradient(objective, particles.x0_hat, chunk_size=chunk_size, what=what)
+            return scores, grads * self.x0_jacobian_scale(step)
 
         self._load(particles)
         outputs: list[torch.Tensor] = []
@@ -290,6 +288,17 @@ class SchedulerProcess:
         particles.x0_hat = self._x0(particles.latents, particles.model_output, step)
         self._capture(particles)
         return scores, grads
+
+    def x0_jacobian_scale(self, step: Step) -> float:
+        """d x0-hat / d x_t at `step` for unit-variance Gaussian data, where x0-hat = E[x0 | x_t] is linear in x_t:
+        sqrt(alpha_bar) times the model-input scale for VP schedulers (x_in = sqrt(a) x0 + sqrt(1 - a) eps, so
+        E[x0 | x_in] = sqrt(a) x_in), and (1 - s) / ((1 - s)^2 + s^2) for flow matching at sigma s."""
+        if self.is_flow:
+            index = self.scheduler.step_index if self.scheduler.step_index is not None else step.index
+            sigma = self._sigmas[index]
+            return (1 - sigma) / ((1 - sigma) ** 2 + sigma**2)
+        input_scale = float(self._scale(torch.ones((), dtype=torch.float64), step))
+        return math.sqrt(self._alpha_bars[step.index]) * input_scale
 
     def _scale(self, sample: torch.Tensor, step: Step) -> torch.Tensor:
         scale = getattr(self.scheduler, "scale_model_input", None)
