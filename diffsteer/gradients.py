@@ -24,13 +24,14 @@ import torch
 # objective(x_chunk, rows) -> scores of the chunk, shape (len(rows),) or (len(rows), 1), with autograd history
 Objective = Callable[[torch.Tensor, slice], torch.Tensor]
 
-# What one backward row costs in plain-sample units (one forward row of the denoiser is 1). A backward pass through a
-# network does about twice a forward's arithmetic (a product with the weights' transpose for the inputs' gradient
-# and one for the weights'); `torch.autograd.grad` with respect to the input alone still runs the first through
-# every layer and keeps the forward's activations (`benchmarks/gradients.py` measures it on the shapes UNet). It is a
-# constant, not measured at run time, so the same seed gives the same budget plan and the same output on every
-# machine.
-BACKWARD_COST = 2.0
+# What one backward row (the gradient with respect to the input) costs, in forward rows of the denoiser. Measured once
+# by `benchmarks/gradients.py` on the shapes UNet under classifier-free guidance, 2 CPU cores, median of 15 runs at
+# timesteps 900, 500 and 100: forward + backward took 2.18 forwards over 8 rows and 2.20 over 32 (2.15 with the
+# weights left trainable: `torch.autograd.grad` with respect to the input skips the weights' gradients). A backward
+# pass is about one more forward's arithmetic (a product with each weight's transpose). Not measured on a GPU here.
+# It is a constant, not measured at run time, so the same seed gives the same budget plan and the same output on
+# every machine.
+BACKWARD_COST = 1.2
 
 
 class NotDifferentiableError(ValueError):
