@@ -149,6 +149,9 @@ class RunContext:
         conditioning: per-row tensors for G * method.num_particles rows (rows of a group are that group's copies).
         num_outputs: outputs selected per group.
         on_step_end: called after every transition with the step and the particles.
+        gradient_reward: `gradient_reward(x0_hat_rows, rows)`, the reward of a chunk of x0-hat rows with autograd
+            history (a pipeline decodes them through its VAE), for methods that follow the reward's gradient; None:
+            `reward` itself, on the rows.
     """
 
     process: Process
@@ -161,6 +164,7 @@ class RunContext:
     conditioning: Mapping[str, torch.Tensor] | None = None
     num_outputs: int = 1
     on_step_end: Callable[[Step, Particles], None] | None = None
+    gradient_reward: Callable[[torch.Tensor, slice], torch.Tensor] | None = None
 
 
 def run_steering(

@@ -252,6 +252,7 @@ class SteeringMixin:
                 conditioning=setup.conditioning,
                 num_outputs=call["num_images_per_prompt"],
                 on_step_end=self._steering_callback(call, progress_bar, plain_like),
+                gradient_reward=scorer.gradient_reward,
             )
             run = run_method(method, ctx)
         output_type = call["output_type"]
@@ -423,6 +424,7 @@ class _ChunkedScorer:
         self.decode_batch_size, self.ledger = decode_batch_size, ledger
         # The name errors use: the loop names the reward it calls, which is this scorer.
         self.__name__ = getattr(reward, "__name__", type(reward).__name__)
+        self.gradient_reward = _named(self._gradient_reward, self.__name__)
         self.vae: Any = None  # the full VAE (set by the engine)
         self.intermediate_vae: Any = None
         self.keep_decoded = False
@@ -441,6 +443,15 @@ class _ChunkedScorer:
     # budget forcing tries only the chains still trying). Set on the functions: the drivers hold bound methods.
     score_x0_hat.takes_row_groups = True  # type: ignore[attr-defined]
     score_final.takes_row_groups = True  # type: ignore[attr-defined]
+
+    def _gradient_reward(self, x0_hat: torch.Tensor, rows: slice) -> torch.Tensor:
+        """The reward of rows `rows` of the run's x0-hat batch (group-major, one block per prompt), decoded through
+        `intermediate_vae` with autograd history: the differentiable path (`diffsteer.gradients`) calls it on one
+        chunk at a time, under `torch.enable_grad()`. The scores are returned unchecked (the loop checks them)."""
+        rows_per_group = self.setup.latents.shape[0] // self.num_groups
+        prompts = [self.setup.prompts[row // rows_per_group] for row in range(rows.start, rows.stop)]
+        images = self._decode(x0_hat, self.intermediate_vae)
+        return self.reward((images / 2 + 0.5).clamp(0, 1), prompts)
 
     def decode(self, latents: torch.Tensor) -> torch.Tensor:
         """Images of `latents` through the full VAE, in chunks (counted in the ledger)."""
@@ -501,6 +512,16 @@ class _ChunkedScorer:
         return checked.cpu()
 
 
+def _named(function: Callable[..., Any], name: str) -> Callable[..., Any]:
+    """`function` under `name` (errors name the reward it wraps)."""
+
+    def named(*args: Any, **kwargs: Any) -> Any:
+        return function(*args, **kwargs)
+
+    named.__name__ = name
+    return named
+
+
 def _runs(groups: list[int]) -> list[tuple[int, int]]:
     """(start, stop) of each run of equal consecutive values."""
     runs, start = [], 0
@@ -527,13 +548,32 @@ def _check_steering_inputs(
         "a steering method (diffsteer.FK(...), BestOfN(...), ZeroOrder(), Paths(), SVDD(), RBF(), or "
         "diffsteer.make_method(name, budget=..., num_inference_steps=...)) or None",
     )
+    follows_gradient = getattr(method, "make_guide", None) is not None
     if isinstance(reward, str):
-        get_reward_spec(reward)  # an unknown name fails here, before any model is built
+        spec = get_reward_spec(reward)  # an unknown name fails here, before any model is built
+        if follows_gradient and not spec.differentiable:
+            raise ValueError(
+                f"reward {reward!r} is not differentiable, and {type(method).__name__} follows the reward's "
+                "gradient. Pass a differentiable reward (diffsteer.rewards.available() lists which are), or a "
+                "derivative-free method (fk, bon, zero-order, paths, svdd)."
+            )
     else:
         check_callable(
             "reward",
             reward,
             "a name from diffsteer.rewards.available() or a callable reward(images, prompts) -> scores",
+        )
+    if follows_gradient and getattr(reward, "batch_relative", False):
+        raise ValueError(
+            f"reward {getattr(reward, '__name__', type(reward).__name__)!r} scores each image relative to its batch "
+            f"(a rank ensemble), so it has no per-image gradient for {type(method).__name__}; pass a reward that "
+            "scores each image on its own."
+        )
+    if follows_gradient and getattr(reward, "differentiable", True) is False:
+        raise ValueError(
+            f"reward {getattr(reward, '__name__', type(reward).__name__)!r} says it is not differentiable, and "
+            f"{type(method).__name__} follows the reward's gradient; pass a differentiable reward, or a "
+            "derivative-free method (fk, bon, zero-order, paths, svdd)."
         )
     check_int("decode_batch_size", decode_batch_size, minimum=1)
     check_choice("stochastic", stochastic, STOCHASTIC_MODES)

@@ -37,6 +37,7 @@ class _SMCHooks:
             num_outputs=ctx.num_outputs,
             on_step_end=ctx.on_step_end,
             final_reward=ctx.final_reward,
+            gradient_reward=ctx.gradient_reward,
         )
 
     def model_passes(self, num_inference_steps: int, num_model_calls: int) -> int:
