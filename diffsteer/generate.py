@@ -36,6 +36,8 @@ METHOD_TITLES = {
     "paths": "search over paths",
     "svdd": "SVDD",
     "rbf": "rollover budget forcing",
+    "guidance": "reward-gradient guidance",
+    "twisted": "twisted SMC",
 }
 # Every particle is denoised in one batch and every decoded particle is kept for the output, so memory grows with N.
 # The cap stops a typo such as `--budget 1e9` before any compute instead of in the allocator; `--max-particles`
@@ -149,6 +151,8 @@ def describe_method(method: Any, plan: BudgetPlan, num_model_calls: int | None =
     counts = {
         "bon": lambda m: plural(m.num_particles, "particle"),
         "fk": lambda m: plural(m.num_particles, "particle"),
+        "guidance": lambda m: plural(m.num_particles, "particle"),
+        "twisted": lambda m: plural(m.num_particles, "particle"),
         "zero-order": lambda m: f"{plural(m.num_rounds, 'round')} of {plural(m.num_neighbors, 'neighbour')}",
         "paths": lambda m: f"{plural(m.num_paths, 'path')} of {plural(m.num_branches, 'branch')}".replace(
             "branchs", "branches"
@@ -215,10 +219,10 @@ def check_lmbda(lmbda: float | None, method: str = "fk") -> None:
     """Refuse a non-finite tilt (it would fail mid-run in the log-weights), and `--lmbda` for a method without one."""
     if lmbda is None:
         return
-    if method not in ("fk", "svdd"):
+    if method not in ("fk", "svdd", "guidance", "twisted"):
         raise ValueError(
-            f"--lmbda is a setting of FK and SVDD; {METHOD_TITLES.get(method, method)} has none. Drop --lmbda or "
-            "pass --method fk."
+            f"--lmbda is a setting of FK, SVDD, guidance and twisted SMC; {METHOD_TITLES.get(method, method)} has "
+            "none. Drop --lmbda or pass --method fk."
         )
     if not math.isfinite(lmbda):
         raise ValueError(f"--lmbda must be a finite number, got {lmbda:g}.")

@@ -207,7 +207,10 @@ def test_every_search_method_runs_from_the_cli_within_its_budget(embedded, tmp_p
         (["--guidance-scale", "-1"], "--guidance-scale must be a finite number >= 0"),
         (["--lmbda", "nan"], "--lmbda must be a finite number, got nan"),
         (["--lmbda", "inf"], "--lmbda must be a finite number, got inf"),
-        (["--lmbda", "1", "--method", "bon"], "--lmbda is a setting of FK and SVDD; best-of-N has none"),
+        (
+            ["--lmbda", "1", "--method", "bon"],
+            "--lmbda is a setting of FK, SVDD, guidance and twisted SMC; best-of-N has none",
+        ),
         (["--method", "zero-order", "--budget", "2"], "budget 2 is too small for zero-order search"),
         (["--method", "svdd", "--method-option", "num_children=3"], "num_children is what the budget decides"),
         (["--method", "svdd", "--method-option", "radius=1"], "--method-option radius: svdd takes"),

@@ -12,6 +12,7 @@ from typing import Any
 
 from diffsteer.methods.branching import RBF, SVDD
 from diffsteer.methods.fk import FK, BestOfN
+from diffsteer.methods.guidance import Guidance, Twisted
 from diffsteer.methods.search import Paths, ZeroOrder
 from diffsteer.smc.checks import check_choice, check_int, check_number
 
@@ -23,6 +24,8 @@ METHOD_CLASSES: dict[str, type] = {
     "paths": Paths,
     "svdd": SVDD,
     "rbf": RBF,
+    "guidance": Guidance,
+    "twisted": Twisted,
 }
 METHOD_NAMES = tuple(METHOD_CLASSES)
 # Each method's defaults beyond its class's own (FK's were chosen on training prompts of the shapes world).
@@ -33,6 +36,8 @@ DEFAULT_SETTINGS: dict[str, dict[str, Any]] = {
     "paths": {},
     "svdd": {},
     "rbf": {},
+    "guidance": {},
+    "twisted": {},
 }
 # How each method turns a budget into its counts, as the README and `diffsteer methods` say it.
 BUDGET_RULES: dict[str, str] = {
@@ -42,9 +47,14 @@ BUDGET_RULES: dict[str, str] = {
     "paths": "num_branches = the most that fit (num_paths = 2, or 1 if 2 paths of 2 branches do not fit)",
     "svdd": "num_children = floor((B T / num_chains - 1) / (T - 1)): one call at x_T, then one per child and step",
     "rbf": "quota = floor((B T / num_chains - init_particles) / (T - 1)), init_particles = quota by default",
+    "guidance": "num_particles = floor(B / (1 + BACKWARD_COST)) for variant='dps' (a backward pass through the "
+    "denoiser per step), floor(B) for 'x0-fixed'",
+    "twisted": "num_particles = floor(B / (1 + BACKWARD_COST)) for variant='dps', floor(B) for 'x0-fixed'",
 }
 # The setting each rule computes: passing it too is refused (the budget decides it).
 _COUNT_SETTING = {
+    "guidance": "num_particles",
+    "twisted": "num_particles",
     "bon": "num_particles",
     "fk": "num_particles",
     "zero-order": "num_rounds",
@@ -96,6 +106,25 @@ def make_method(
 def _plan_particles(cls: type) -> Callable[[float, int, int, dict[str, Any]], Any]:
     def plan(budget: float, steps: int, calls: int, settings: dict[str, Any]) -> Any:
         return cls(math.floor(budget), **settings, budget=budget)
+
+    return plan
+
+
+def _plan_gradient(cls: type) -> Callable[[float, int, int, dict[str, Any]], Any]:
+    def plan(budget: float, steps: int, calls: int, settings: dict[str, Any]) -> Any:
+        from diffsteer.gradients import BACKWARD_COST
+
+        dps = settings.get("variant", "dps") == "dps"
+        per_particle = 1 + BACKWARD_COST if dps else 1.0
+        particles = math.floor(budget / per_particle + 1e-9)
+        if particles < 1:
+            raise ValueError(
+                f"budget {budget:g} is too small for {cls.__name__} with variant='dps': one particle costs "
+                f"{per_particle:g} plain samples (a forward and a backward pass through the denoiser, "
+                f"BACKWARD_COST = {BACKWARD_COST:g}, at every step). Raise the budget to "
+                f"{math.ceil(per_particle)}, or pass variant='x0-fixed' (no backward pass through the denoiser)."
+            )
+        return cls(particles, **settings, budget=budget)
 
     return plan
 
@@ -192,6 +221,8 @@ def _most(fits: Callable[[int], bool], low: int, limit: int = 2**20) -> int | No
 _PLANNERS: dict[str, Callable[[float, int, int, dict[str, Any]], Any]] = {
     "bon": _plan_particles(BestOfN),
     "fk": _plan_particles(FK),
+    "guidance": _plan_gradient(Guidance),
+    "twisted": _plan_gradient(Twisted),
     "zero-order": _plan_zero_order,
     "paths": _plan_paths,
     "svdd": _plan_svdd,
