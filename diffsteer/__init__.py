@@ -19,6 +19,8 @@ _LAZY = {
     "Paths": "diffsteer.methods",
     "SVDD": "diffsteer.methods",
     "RBF": "diffsteer.methods",
+    "Guidance": "diffsteer.methods",
+    "Twisted": "diffsteer.methods",
     "make_method": "diffsteer.methods",
     "CostLedger": "diffsteer.outputs",
     "SamplingResult": "diffsteer.outputs",
@@ -33,9 +35,11 @@ __all__ = [
     "SVDD",
     "BestOfN",
     "CostLedger",
+    "Guidance",
     "Paths",
     "SamplingResult",
     "StepRecord",
+    "Twisted",
     "ZeroOrder",
     "__version__",
     "make_method",
@@ -43,7 +47,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from diffsteer.methods import FK, RBF, SVDD, BestOfN, Paths, ZeroOrder, make_method
+    from diffsteer.methods import FK, RBF, SVDD, BestOfN, Guidance, Paths, Twisted, ZeroOrder, make_method
     from diffsteer.outputs import CostLedger, SamplingResult, StepRecord
     from diffsteer.sampling import sample
 

@@ -3,6 +3,7 @@
 from diffsteer.methods.base import Method
 from diffsteer.methods.branching import RBF, SVDD
 from diffsteer.methods.fk import FK, SELECT_MODES, BestOfN
+from diffsteer.methods.guidance import Guidance, Twisted
 from diffsteer.methods.registry import BUDGET_RULES, DEFAULT_SETTINGS, METHOD_CLASSES, METHOD_NAMES, make_method
 from diffsteer.methods.search import Paths, ZeroOrder
 
@@ -17,8 +18,10 @@ __all__ = [
     "SELECT_MODES",
     "SVDD",
     "BestOfN",
+    "Guidance",
     "Method",
     "Paths",
+    "Twisted",
     "ZeroOrder",
     "make_method",
 ]
