@@ -85,6 +85,7 @@ def sample(
         num_inference_steps=num_inference_steps,
         step_kwargs=step_kwargs,
         stochastic=stochastic,
+        require_kernel=getattr(method, "requires_kernel", False),
         device=device,
         dtype=dtype,
     )

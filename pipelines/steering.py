@@ -226,6 +226,7 @@ class SteeringMixin:
             num_inference_steps=call["num_inference_steps"],
             step_kwargs=setup.step_kwargs,
             stochastic=stochastic,
+            require_kernel=getattr(method, "requires_kernel", False),
             device=setup.latents.device,
             dtype=setup.latents.dtype,
             timesteps_kwargs=setup.timesteps_kwargs,

@@ -11,6 +11,9 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffsteer.processes import FlowMatchEulerSDEScheduler
 from diffsteer.processes.kernels import GaussianKernel, kernel_fn
 
+from .schedulers import DEFAULT_CONFIGS, DETERMINISTIC_BY_DEFAULT
+from .schedulers import make as make_scheduler
+
 
 SHAPE = (3, 2, 4, 4)
 VP = {"num_train_timesteps": 1000, "beta_schedule": "scaled_linear", "beta_start": 0.00085, "beta_end": 0.012}
@@ -172,3 +175,33 @@ def test_a_scheduler_without_a_kernel_is_refused_by_name():
     process.predict(particles, step, with_x0_hat=False)
     with pytest.raises(ValueError, match=r"EulerDiscreteScheduler has no Gaussian transition kernel.*DDPMScheduler"):
         process.kernel(particles, step)
+
+
+@pytest.mark.parametrize("name", sorted(DEFAULT_CONFIGS))
+def test_every_scheduler_auto_can_reach_has_a_kernel_or_a_kernel_switch(name):
+    """Under stochastic="auto", a method that needs a kernel gets a scheduler with one (every switch said in
+    `changes`), except where no switch keeps the model's sampling (LCM and TCD serve distilled models), which is
+    refused before any model call; with stochastic="require" a kernel-less scheduler is refused, not switched."""
+    from diffsteer.processes import SchedulerProcess
+
+    def build(stochastic):
+        return SchedulerProcess(
+            lambda sample, timestep: model(sample),
+            make_scheduler(name),
+            shape=SHAPE[1:],
+            num_inference_steps=4,
+            stochastic=stochastic,
+            require_kernel=True,
+        )
+
+    if name in ("LCMScheduler", "TCDScheduler"):
+        with pytest.raises(ValueError, match="no switch keeps this model's sampling"):
+            build("auto")
+        return
+    process = build("auto")
+    assert process.spec.kernel is not None and process.is_stochastic()
+    native = kernel_fn(make_scheduler(name)) is not None and not DETERMINISTIC_BY_DEFAULT[name]
+    assert (process.changes == []) == native, process.changes
+    if kernel_fn(make_scheduler(name)) is None and not DETERMINISTIC_BY_DEFAULT[name]:
+        with pytest.raises(ValueError, match="forbids switching it"):
+            build("require")

@@ -148,6 +148,10 @@ class Guidance(_GradientHooks):
     def requires_stochastic(self) -> bool:  # the variance schedule moves only the steps that draw noise
         return self.schedule == "variance"
 
+    @property
+    def requires_kernel(self) -> bool:  # the variance schedule reads the step's variance off its kernel
+        return self.schedule == "variance"
+
     def make_guide(self) -> Guide:
         return Guide(self.gradient_scale * self.lmbda, self.variant == "dps", self.schedule, False, self.chunk_size)
 
@@ -194,6 +198,7 @@ class Twisted(_GradientHooks):
 
     name = "twisted"
     requires_stochastic = True
+    requires_kernel = True  # the proposal ratio is the kernel's
     takes_generator_lists = True
 
     def __post_init__(self) -> None:

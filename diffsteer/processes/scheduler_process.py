@@ -54,6 +54,10 @@ class SchedulerProcess:
             diffusers' `retrieve_timesteps` takes them.
         interrupt (`Callable[[], bool]`, *optional*): polled before each model call; once it returns True, `steps`
             ends and the current particles are the run's result (a pipeline's `interrupt` property).
+        require_kernel (`bool`, defaults to `False`): the method reweights shifted transitions by the scheduler's
+            Gaussian kernel (twisted SMC): under `stochastic="auto"` a stochastic scheduler without one is switched
+            to the nearest that has one (recorded in `changes`); otherwise, or where no switch keeps the model's
+            sampling, it is refused here, before any model call.
     """
 
     def __init__(
@@ -69,6 +73,7 @@ class SchedulerProcess:
         dtype: torch.dtype = torch.float32,
         timesteps_kwargs: dict[str, Any] | None = None,
         interrupt: Callable[[], bool] | None = None,
+        require_kernel: bool = False,
     ) -> None:
         check_choice("stochastic", stochastic, STOCHASTIC_MODES)
         timesteps_kwargs = {name: value for name, value in (timesteps_kwargs or {}).items() if value is not None}
@@ -89,6 +94,8 @@ class SchedulerProcess:
         self.scheduler, self.step_kwargs = self._resolve_stochastic(
             copy_scheduler(scheduler), dict(step_kwargs or {}), stochastic
         )
+        if require_kernel:
+            self.scheduler, self.step_kwargs = self._resolve_kernel(self.scheduler, self.step_kwargs, stochastic)
         self.spec: SchedulerSpec = scheduler_spec(self.scheduler)
         # Flow matching: FlowMatch schedulers, and VP solvers run with flow sigmas (DPM-Solver, UniPC for SANA/Flux).
         self.is_flow = self.spec.space == "flow" or self.scheduler.config.get("prediction_type") == "flow_prediction"
@@ -153,6 +160,36 @@ class SchedulerProcess:
             scheduler, step_kwargs, note = spec.make_stochastic(scheduler, step_kwargs)
             self.changes.append(note)
         raise RuntimeError("The stochastic variant of the scheduler is still deterministic.")
+
+    def _resolve_kernel(
+        self, scheduler: SchedulerMixin, step_kwargs: dict[str, Any], stochastic: str
+    ) -> tuple[SchedulerMixin, dict[str, Any]]:
+        # A switch can land on a scheduler that needs one more (Heun -> KDPM2 ancestral -> Euler ancestral).
+        for _ in range(3):
+            spec = scheduler_spec(scheduler)
+            if spec.kernel is not None:
+                return scheduler, step_kwargs
+            if stochastic != "auto" or spec.make_kernel is None:
+                with_kernel = sorted(cls.__name__ for cls, entry in SCHEDULER_REGISTRY.items() if entry.kernel)
+                why = (
+                    "no switch keeps this model's sampling"
+                    if spec.make_kernel is None
+                    else f"stochastic={stochastic!r} forbids switching it"
+                )
+                raise ValueError(
+                    f"{type(scheduler).__name__} has no Gaussian transition kernel in diffsteer's scheduler "
+                    f"registry, which this method reweights its shifted transitions by, and {why}. Use one of "
+                    f"{with_kernel} (DDIM with eta > 0, DPM-Solver with algorithm_type='sde-dpmsolver++')"
+                    + (", or pass stochastic='auto' to let diffsteer switch." if spec.make_kernel else ".")
+                )
+            switched, step_kwargs, note = spec.make_kernel(scheduler, step_kwargs)
+            built = note[note.index("(built from") :].split(")")[0] + ")" if "(built from" in note else ""
+            self.changes.append(
+                f"{type(scheduler).__name__} has no Gaussian transition kernel, which the method reweights its "
+                f"shifted transitions by, so it was replaced by {type(switched).__name__} {built}.".replace(" .", ".")
+            )
+            scheduler = switched
+        raise RuntimeError("The scheduler switched to for its kernel still has none.")
 
     def init(
         self,

@@ -67,6 +67,9 @@ class SchedulerSpec:
         space (`str`, defaults to `"vp"`): `"vp"` or `"flow"`.
         kernel (`Callable`, *optional*): the Gaussian kernel (mean, std) of a stochastic `step`, read without side
             effects (`diffsteer.processes.kernels`); `None` where the step has none diffsteer knows.
+        make_kernel (`Callable`, *optional*): for a scheduler without a kernel, the switch (as `make_stochastic`) to
+            the nearest one with a kernel, for methods that need one; `None` where no switch keeps the model's
+            sampling (a distilled model's LCM or TCD steps).
     """
 
     per_particle: tuple[str, ...]
@@ -74,6 +77,7 @@ class SchedulerSpec:
     make_stochastic: MakeStochastic | None = None
     space: str = "vp"
     kernel: KernelFn | None = None
+    make_kernel: MakeStochastic | None = None
 
 
 SCHEDULER_REGISTRY: dict[type[SchedulerMixin], SchedulerSpec] = {}
@@ -274,6 +278,7 @@ for _cls, _spec in {
         ("model_outputs", "sample"),
         _dpmsolver_deterministic,
         _switch_to(DPMSolverSinglestepScheduler, algorithm_type="sde-dpmsolver++"),
+        make_kernel=_SDE_DPMSOLVER,
     ),
     UniPCMultistepScheduler: SchedulerSpec(("model_outputs", "last_sample"), _always_deterministic, _SDE_DPMSOLVER),
     DEISMultistepScheduler: SchedulerSpec(("model_outputs",), _always_deterministic, _SDE_DPMSOLVER),
@@ -281,6 +286,7 @@ for _cls, _spec in {
         ("model_outputs", "last_sample", "last_noise"),
         _sasolver_deterministic,
         _switch_to(SASolverScheduler, tau_func=lambda t: 1),
+        make_kernel=_SDE_DPMSOLVER,
     ),
     PNDMScheduler: SchedulerSpec(
         ("ets", "cur_sample", "cur_model_output"), _always_deterministic, _switch_to(DDIMScheduler)
@@ -291,7 +297,9 @@ for _cls, _spec in {
     KDPM2DiscreteScheduler: SchedulerSpec(
         ("sample",), _always_deterministic, _switch_to(KDPM2AncestralDiscreteScheduler)
     ),
-    KDPM2AncestralDiscreteScheduler: SchedulerSpec(("sample",), _never_deterministic),
+    KDPM2AncestralDiscreteScheduler: SchedulerSpec(
+        ("sample",), _never_deterministic, make_kernel=_switch_to(EulerAncestralDiscreteScheduler)
+    ),
     LMSDiscreteScheduler: SchedulerSpec(
         ("derivatives",), _always_deterministic, _switch_to(EulerAncestralDiscreteScheduler)
     ),
