@@ -21,6 +21,7 @@ _LAZY = {
     "RBF": "diffsteer.methods",
     "Guidance": "diffsteer.methods",
     "Twisted": "diffsteer.methods",
+    "NoiseOpt": "diffsteer.methods",
     "make_method": "diffsteer.methods",
     "CostLedger": "diffsteer.outputs",
     "SamplingResult": "diffsteer.outputs",
@@ -36,6 +37,7 @@ __all__ = [
     "BestOfN",
     "CostLedger",
     "Guidance",
+    "NoiseOpt",
     "Paths",
     "SamplingResult",
     "StepRecord",
@@ -47,7 +49,7 @@ __all__ = [
 ]
 
 if TYPE_CHECKING:
-    from diffsteer.methods import FK, RBF, SVDD, BestOfN, Guidance, Paths, Twisted, ZeroOrder, make_method
+    from diffsteer.methods import FK, RBF, SVDD, BestOfN, Guidance, NoiseOpt, Paths, Twisted, ZeroOrder, make_method
     from diffsteer.outputs import CostLedger, SamplingResult, StepRecord
     from diffsteer.sampling import sample
 

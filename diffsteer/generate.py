@@ -38,6 +38,7 @@ METHOD_TITLES = {
     "rbf": "rollover budget forcing",
     "guidance": "reward-gradient guidance",
     "twisted": "twisted SMC",
+    "noise-opt": "noise optimisation",
 }
 # Every particle is denoised in one batch and every decoded particle is kept for the output, so memory grows with N.
 # The cap stops a typo such as `--budget 1e9` before any compute instead of in the allocator; `--max-particles`
@@ -153,6 +154,7 @@ def describe_method(method: Any, plan: BudgetPlan, num_model_calls: int | None =
         "fk": lambda m: plural(m.num_particles, "particle"),
         "guidance": lambda m: plural(m.num_particles, "particle"),
         "twisted": lambda m: plural(m.num_particles, "particle"),
+        "noise-opt": lambda m: f"{plural(m.num_chains, 'chain')} of {plural(m.num_iterations, 'iteration')}",
         "zero-order": lambda m: f"{plural(m.num_rounds, 'round')} of {plural(m.num_neighbors, 'neighbour')}",
         "paths": lambda m: f"{plural(m.num_paths, 'path')} of {plural(m.num_branches, 'branch')}".replace(
             "branchs", "branches"
@@ -219,10 +221,10 @@ def check_lmbda(lmbda: float | None, method: str = "fk") -> None:
     """Refuse a non-finite tilt (it would fail mid-run in the log-weights), and `--lmbda` for a method without one."""
     if lmbda is None:
         return
-    if method not in ("fk", "svdd", "guidance", "twisted"):
+    if method not in ("fk", "svdd", "guidance", "twisted", "noise-opt"):
         raise ValueError(
-            f"--lmbda is a setting of FK, SVDD, guidance and twisted SMC; {METHOD_TITLES.get(method, method)} has "
-            "none. Drop --lmbda or pass --method fk."
+            f"--lmbda is a setting of FK, SVDD, guidance, twisted SMC and noise optimisation; "
+            f"{METHOD_TITLES.get(method, method)} has none. Drop --lmbda or pass --method fk."
         )
     if not math.isfinite(lmbda):
         raise ValueError(f"--lmbda must be a finite number, got {lmbda:g}.")

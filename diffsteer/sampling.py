@@ -75,6 +75,11 @@ def sample(
     check_choice("stochastic", stochastic, STOCHASTIC_MODES)
     check_type("device", device, torch.device | str, "a torch.device or a device name")
     check_type("dtype", dtype, torch.dtype, "a torch.dtype such as torch.float32")
+    # A method that differentiates through the sampler needs a first-order scheduler without history: "auto"
+    # lets the process switch to one, anything else asks it to refuse.
+    first_order = "any"
+    if getattr(method, "requires_first_order", False):
+        first_order = "switch" if stochastic == "auto" else "require"
     if not method.requires_stochastic and stochastic == "auto":
         stochastic = "off"
     ledger = CostLedger()
@@ -86,6 +91,7 @@ def sample(
         step_kwargs=step_kwargs,
         stochastic=stochastic,
         require_kernel=getattr(method, "requires_kernel", False),
+        first_order=first_order,
         device=device,
         dtype=dtype,
     )

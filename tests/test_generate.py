@@ -209,7 +209,7 @@ def test_every_search_method_runs_from_the_cli_within_its_budget(embedded, tmp_p
         (["--lmbda", "inf"], "--lmbda must be a finite number, got inf"),
         (
             ["--lmbda", "1", "--method", "bon"],
-            "--lmbda is a setting of FK, SVDD, guidance and twisted SMC; best-of-N has none",
+            "--lmbda is a setting of FK, SVDD, guidance, twisted SMC and noise optimisation; best-of-N has none",
         ),
         (["--method", "zero-order", "--budget", "2"], "budget 2 is too small for zero-order search"),
         (["--method", "svdd", "--method-option", "num_children=3"], "num_children is what the budget decides"),

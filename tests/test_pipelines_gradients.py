@@ -121,3 +121,14 @@ def test_a_callable_reward_without_a_gradient_is_named(family_pipe):
             method=Guidance(2),
             **family.call,
         )
+
+
+def test_every_family_runs_noise_optimisation(family_pipe):
+    family, pipe = family_pipe
+    method = diffsteer.NoiseOpt(num_iterations=3, lmbda=50.0)
+    out = pipe(PROMPTS, generator=torch.Generator().manual_seed(0), reward=redness, method=method, **family.call)
+    per_pass = len(PROMPTS) * family.call["num_inference_steps"] * family.rows_per_particle
+    assert out.rewards.shape == (2, 1) and torch.isfinite(out.rewards).all()
+    # Three forward passes, two recomputed by checkpointing in the backward passes, two backward passes.
+    assert out.cost.model_rows == 5 * per_pass and out.cost.backward_rows == 2 * per_pass
+    assert out.cost.cost == pytest.approx(3 + 2 * (1 + BACKWARD_COST))

@@ -4,6 +4,7 @@ from diffsteer.methods.base import Method
 from diffsteer.methods.branching import RBF, SVDD
 from diffsteer.methods.fk import FK, SELECT_MODES, BestOfN
 from diffsteer.methods.guidance import Guidance, Twisted
+from diffsteer.methods.noise_opt import NoiseOpt
 from diffsteer.methods.registry import BUDGET_RULES, DEFAULT_SETTINGS, METHOD_CLASSES, METHOD_NAMES, make_method
 from diffsteer.methods.search import Paths, ZeroOrder
 
@@ -20,6 +21,7 @@ __all__ = [
     "BestOfN",
     "Guidance",
     "Method",
+    "NoiseOpt",
     "Paths",
     "Twisted",
     "ZeroOrder",

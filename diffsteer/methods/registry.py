@@ -13,6 +13,7 @@ from typing import Any
 from diffsteer.methods.branching import RBF, SVDD
 from diffsteer.methods.fk import FK, BestOfN
 from diffsteer.methods.guidance import Guidance, Twisted
+from diffsteer.methods.noise_opt import NoiseOpt
 from diffsteer.methods.search import Paths, ZeroOrder
 from diffsteer.smc.checks import check_choice, check_int, check_number
 
@@ -26,6 +27,7 @@ METHOD_CLASSES: dict[str, type] = {
     "rbf": RBF,
     "guidance": Guidance,
     "twisted": Twisted,
+    "noise-opt": NoiseOpt,
 }
 METHOD_NAMES = tuple(METHOD_CLASSES)
 # Each method's defaults beyond its class's own (FK's were chosen on training prompts of the shapes world).
@@ -38,6 +40,7 @@ DEFAULT_SETTINGS: dict[str, dict[str, Any]] = {
     "rbf": {},
     "guidance": {},
     "twisted": {},
+    "noise-opt": {},
 }
 # How each method turns a budget into its counts, as the README and `diffsteer methods` say it.
 BUDGET_RULES: dict[str, str] = {
@@ -50,11 +53,14 @@ BUDGET_RULES: dict[str, str] = {
     "guidance": "num_particles = floor(B / (1 + BACKWARD_COST)) for variant='dps' (a backward pass through the "
     "denoiser per step), floor(B) for 'x0-fixed'",
     "twisted": "num_particles = floor(B / (1 + BACKWARD_COST)) for variant='dps', floor(B) for 'x0-fixed'",
+    "noise-opt": "num_iterations = floor((B / num_chains + c) / (1 + c)), c = BACKWARD_COST + 1 with checkpointing "
+    "(BACKWARD_COST without): each gradient step adds a backward pass (and a recomputed forward)",
 }
 # The setting each rule computes: passing it too is refused (the budget decides it).
 _COUNT_SETTING = {
     "guidance": "num_particles",
     "twisted": "num_particles",
+    "noise-opt": "num_iterations",
     "bon": "num_particles",
     "fk": "num_particles",
     "zero-order": "num_rounds",
@@ -127,6 +133,20 @@ def _plan_gradient(cls: type) -> Callable[[float, int, int, dict[str, Any]], Any
         return cls(particles, **settings, budget=budget)
 
     return plan
+
+
+def _plan_noise_opt(budget: float, steps: int, calls: int, settings: dict[str, Any]) -> NoiseOpt:
+    probe = NoiseOpt(**settings)
+    extra = NoiseOpt.iteration_cost(probe.checkpointing)
+    iterations = math.floor((budget / probe.num_chains + extra) / (1 + extra) + 1e-9)
+    if iterations < 2:
+        need = probe.num_chains * (2 + extra)
+        raise ValueError(
+            f"budget {budget:g} is too small for noise optimisation with num_chains={probe.num_chains}: one gradient "
+            f"step needs two passes through the sampler and a backward pass ({need:.3g} plain samples"
+            f"{' with checkpointing' if probe.checkpointing else ''}). Raise the budget to {math.ceil(need)}."
+        )
+    return NoiseOpt(num_iterations=iterations, **settings, budget=budget)
 
 
 def _plan_zero_order(budget: float, steps: int, calls: int, settings: dict[str, Any]) -> ZeroOrder:
@@ -223,6 +243,7 @@ _PLANNERS: dict[str, Callable[[float, int, int, dict[str, Any]], Any]] = {
     "fk": _plan_particles(FK),
     "guidance": _plan_gradient(Guidance),
     "twisted": _plan_gradient(Twisted),
+    "noise-opt": _plan_noise_opt,
     "zero-order": _plan_zero_order,
     "paths": _plan_paths,
     "svdd": _plan_svdd,

@@ -7,6 +7,7 @@ from collections.abc import Callable, Iterator, Mapping
 from typing import Any
 
 import torch
+from diffusers import DDIMScheduler, FlowMatchEulerDiscreteScheduler
 from diffusers.pipelines.stable_diffusion.pipeline_stable_diffusion import retrieve_timesteps
 from diffusers.schedulers.scheduling_utils import SchedulerMixin
 from diffusers.utils.torch_utils import randn_tensor
@@ -18,6 +19,7 @@ from diffsteer.processes.schedulers import (
     SchedulerSpec,
     SchedulerState,
     copy_scheduler,
+    effective_config,
     scheduler_spec,
     unregistered_particle_state,
 )
@@ -58,6 +60,10 @@ class SchedulerProcess:
             Gaussian kernel (twisted SMC): under `stochastic="auto"` a stochastic scheduler without one is switched
             to the nearest that has one (recorded in `changes`); otherwise, or where no switch keeps the model's
             sampling, it is refused here, before any model call.
+        first_order (`str`, defaults to `"any"`): `"switch"` replaces a scheduler that keeps history between steps
+            or makes two calls per step by the deterministic first-order one of its space (`DDIMScheduler` or
+            `FlowMatchEulerDiscreteScheduler`, built from the same config; said in `changes`), for methods that
+            differentiate through whole runs; `"require"` refuses it instead; `"any"` takes every scheduler.
     """
 
     def __init__(
@@ -74,6 +80,7 @@ class SchedulerProcess:
         timesteps_kwargs: dict[str, Any] | None = None,
         interrupt: Callable[[], bool] | None = None,
         require_kernel: bool = False,
+        first_order: str = "any",
     ) -> None:
         check_choice("stochastic", stochastic, STOCHASTIC_MODES)
         timesteps_kwargs = {name: value for name, value in (timesteps_kwargs or {}).items() if value is not None}
@@ -96,6 +103,9 @@ class SchedulerProcess:
         )
         if require_kernel:
             self.scheduler, self.step_kwargs = self._resolve_kernel(self.scheduler, self.step_kwargs, stochastic)
+        check_choice("first_order", first_order, ("any", "switch", "require"))
+        if first_order != "any":
+            self.scheduler, self.step_kwargs = self._resolve_first_order(self.scheduler, self.step_kwargs, first_order)
         self.spec: SchedulerSpec = scheduler_spec(self.scheduler)
         # Flow matching: FlowMatch schedulers, and VP solvers run with flow sigmas (DPM-Solver, UniPC for SANA/Flux).
         self.is_flow = self.spec.space == "flow" or self.scheduler.config.get("prediction_type") == "flow_prediction"
@@ -160,6 +170,28 @@ class SchedulerProcess:
             scheduler, step_kwargs, note = spec.make_stochastic(scheduler, step_kwargs)
             self.changes.append(note)
         raise RuntimeError("The stochastic variant of the scheduler is still deterministic.")
+
+    def _resolve_first_order(
+        self, scheduler: SchedulerMixin, step_kwargs: dict[str, Any], first_order: str
+    ) -> tuple[SchedulerMixin, dict[str, Any]]:
+        if not scheduler_spec(scheduler).per_particle and getattr(scheduler, "order", 1) == 1:
+            return scheduler, step_kwargs
+        name = type(scheduler).__name__
+        if first_order == "require":
+            raise ValueError(
+                f"{name} keeps history between steps or makes two model calls per step, so a run is not a chain of "
+                "pure steps to differentiate through. Use a first-order scheduler without history (DDIM, DDPM, "
+                "Euler, Euler ancestral, flow-matching Euler), or pass stochastic='auto' to let diffsteer switch."
+            )
+        flow = scheduler_spec(scheduler).space == "flow" or scheduler.config.get("prediction_type") == (
+            "flow_prediction"
+        )
+        target = FlowMatchEulerDiscreteScheduler if flow else DDIMScheduler
+        self.changes.append(
+            f"{name} keeps history between steps or makes two model calls per step, so it was replaced by "
+            f"{target.__name__} (built from the same config), whose steps the method differentiates through."
+        )
+        return target.from_config(effective_config(scheduler)), {}
 
     def _resolve_kernel(
         self, scheduler: SchedulerMixin, step_kwargs: dict[str, Any], stochastic: str
@@ -325,6 +357,44 @@ class SchedulerProcess:
         particles.x0_hat = self._x0(particles.latents, particles.model_output, step)
         self._capture(particles)
         return scores, grads
+
+    def pure_step(
+        self, step: Step, conditioning: Mapping[str, torch.Tensor], noise_seed: int
+    ) -> Callable[[torch.Tensor], torch.Tensor]:
+        """`step_fn(x) -> x'`: full step `step` of a first-order scheduler without history, as a pure function of the
+        latents, for differentiating through the sampler with gradient checkpointing.
+
+        Every call starts from the fresh solver state of that step on a throwaway copy of the scheduler, and a
+        stochastic step draws its noise from a generator seeded with `noise_seed`, so calling it again (as
+        checkpointing does in the backward pass) replays exactly the same step: no `_step_index` moves twice, no
+        history is appended, no caller's generator is drawn from. Model calls are counted as `predict` counts them.
+
+        Raises:
+            ValueError: for a scheduler that keeps history between steps or makes two calls per step (the step is
+                then not a function of the latents alone).
+        """
+        if self.spec.per_particle or self._order != 1:
+            raise ValueError(
+                f"{type(self.scheduler).__name__} keeps history between steps or makes two model calls per step, so "
+                "one step is not a function of the latents alone; differentiating through the sampler needs a "
+                "first-order scheduler without history (DDIM, DDPM, Euler, Euler ancestral, flow-matching Euler)."
+            )
+        state = self._state_at(step.full_step)
+        scheduler = self.scheduler
+        kwargs = dict(self.step_kwargs)
+
+        def step_fn(x: torch.Tensor) -> torch.Tensor:
+            probe = copy.copy(scheduler)
+            state.load(probe)
+            scale = getattr(probe, "scale_model_input", None)
+            model_input = scale(x, step.timestep) if scale is not None else x
+            output = self.model(model_input, step.timestep, **conditioning)
+            self.particle_calls += x.shape[0]
+            if "generator" in self._step_parameters:
+                kwargs["generator"] = torch.Generator(device=x.device).manual_seed(noise_seed)
+            return probe.step(output, step.timestep, x, **kwargs).prev_sample
+
+        return step_fn
 
     def x0_jacobian_scale(self, step: Step) -> float:
         """d x0-hat / d x_t at `step` for unit-variance Gaussian data, where x0-hat = E[x0 | x_t] is linear in x_t:
