@@ -1,5 +1,7 @@
-"""Mean reward against budget for every method: best-of-N, FK, zero-order search, search over paths, SVDD and
-rollover budget forcing, each made by `diffsteer.make_method(name, budget=B, num_inference_steps=T)`.
+"""Mean reward against budget for every method: best-of-N, FK, zero-order search, search over paths, SVDD, rollover
+budget forcing, reward-gradient guidance, twisted SMC and noise optimisation, each made by
+`diffsteer.make_method(name, budget=B, num_inference_steps=T)` (the gradient methods' backward passes priced at
+`BACKWARD_COST` forward rows in the denoiser cost).
 
 Gaussian-mixture world (the default): `diffsteer.worlds.gmm.four_modes()` with its exact denoiser, DDPM
 (`clip_sample=False`), T steps, and the reward of tests/test_search.py, -|x - (2, 3.2)|^2, which peaks above the
@@ -66,6 +68,9 @@ STYLE = {
     "paths": ("tab:red", "D"),
     "svdd": ("tab:purple", "P"),
     "rbf": ("tab:brown", "X"),
+    "guidance": ("tab:pink", "*"),
+    "twisted": ("tab:olive", "h"),
+    "noise-opt": ("tab:cyan", "p"),
 }
 
 
@@ -143,6 +148,8 @@ def sweep_gmm(args: argparse.Namespace) -> list[Row]:
                 shape=(2,),
                 num_inference_steps=args.steps,
                 stochastic="auto" if method.requires_stochastic else "off",
+                require_kernel=getattr(method, "requires_kernel", False),
+                first_order="switch" if getattr(method, "requires_first_order", False) else "any",
             )
             generator = torch.Generator().manual_seed(args.seed)
             ledger = CostLedger()  # its clock starts now: the run's wall time, without building the process
