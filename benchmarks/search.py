@@ -18,7 +18,7 @@ the reward per denoiser row: it is the verifier-and-machinery-heavy end of the s
 calls can reverse (a large model moves every method's wall-time cost towards its denoiser cost).
 
 `--shapes`: the same sweep on the shapes world (the embedded text-to-image model), steering on `--shapes-reward`
-(shapes-clip) and judged by the evaluator, on training prompts only (one per category, in category order, from the
+(shapes-detect) and judged by the evaluator, on training prompts only (one per category, in category order, from the
 fixed draw of benchmarks/shapes_fk_settings.py): the evaluator's accuracy and the mean reward of the returned image
 against budget. It is slow on the CPU; its defaults are small.
 
@@ -330,7 +330,7 @@ def main() -> None:
     parser.add_argument("--shapes-budgets", type=float, nargs="+", default=[1, 2, 4])
     parser.add_argument("--shapes-steps", type=int, default=10)
     parser.add_argument("--shapes-guidance-scale", type=float, default=3.0)
-    parser.add_argument("--shapes-reward", default="shapes-clip")
+    parser.add_argument("--shapes-reward", default="shapes-detect")
     parser.add_argument("--shapes-figure", type=Path, default=FIGURES / "search_shapes.png")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
