@@ -152,6 +152,8 @@ class RunContext:
         gradient_reward: `gradient_reward(x0_hat_rows, rows)`, the reward of a chunk of x0-hat rows with autograd
             history (a pipeline decodes them through its VAE), for methods that follow the reward's gradient; None:
             `reward` itself, on the rows.
+        gradient_chunk_size: rows per backward pass where the method sets none (a pipeline's `decode_batch_size`);
+            None: all rows at once.
     """
 
     process: Process
@@ -165,6 +167,7 @@ class RunContext:
     num_outputs: int = 1
     on_step_end: Callable[[Step, Particles], None] | None = None
     gradient_reward: Callable[[torch.Tensor, slice], torch.Tensor] | None = None
+    gradient_chunk_size: int | None = None
 
 
 def run_steering(
@@ -181,6 +184,7 @@ def run_steering(
     on_step_end: Callable[[Step, Particles], None] | None = None,
     final_reward: Reward | None = None,
     gradient_reward: Callable[[torch.Tensor, slice], torch.Tensor] | None = None,
+    gradient_chunk_size: int | None = None,
 ) -> SteeringRun:
     """Run an SMC method (FK, best-of-N) over `process` with `num_groups` groups of `method.num_particles` particles.
 
@@ -202,6 +206,7 @@ def run_steering(
         final_reward: scores the final samples (defaults to `reward`; a pipeline decodes them with its full VAE).
         gradient_reward: `gradient_reward(x0_hat_rows, rows)`, the reward of a chunk of x0-hat rows with autograd
             history, for methods that shift transitions by its gradient (defaults to `reward` on the rows).
+        gradient_chunk_size: rows per backward pass where the method's guide sets none (None: all at once).
 
     Raises:
         TypeError, ValueError: for bad arguments, bad rewards (see `check_scores`), a group left without weight, or
@@ -241,7 +246,9 @@ def run_steering(
         watch.record_input(step, particles.latents)
         guided = guide is not None and step.at_boundary
         if guided:
-            rewards, gradient, kernel = _guided_predict(process, particles, step, guide, gradient_reward, ledger)
+            rewards, gradient, kernel = _guided_predict(
+                process, particles, step, guide, gradient_reward, ledger, gradient_chunk_size
+            )
         else:
             process.predict(particles, step, with_x0_hat=rewarded)
         watch.record_output(particles.model_output)
@@ -331,6 +338,7 @@ def _guided_predict(
     guide: Any,
     gradient_reward: Callable[[torch.Tensor, slice], torch.Tensor],
     ledger: CostLedger,
+    default_chunk_size: int | None = None,
 ) -> tuple[torch.Tensor, torch.Tensor, Any]:
     """The model call of a guided step: the rewards of x0-hat, their gradients with respect to the latents and,
     where the guide needs it, the step's Gaussian kernel (read before the transition moves anything)."""
@@ -344,7 +352,7 @@ def _guided_predict(
         step,
         gradient_reward,
         through_model=guide.through_model,
-        chunk_size=guide.chunk_size,
+        chunk_size=guide.chunk_size if guide.chunk_size is not None else default_chunk_size,
         what=f"reward {_name(gradient_reward)}",
     )
     if guide.through_model:

@@ -212,6 +212,11 @@ class SteeringMixin:
         ledger: CostLedger,
     ) -> Any:
         num_prompts = len(setup.prompts)
+        # A method that differentiates through the sampler needs a first-order scheduler without history: "auto"
+        # lets the process switch to one, anything else asks it to refuse.
+        first_order = "any"
+        if getattr(method, "requires_first_order", False):
+            first_order = "switch" if stochastic == "auto" else "require"
         if not method.requires_stochastic and stochastic == "auto":
             stochastic = "off"
         progress: dict[str, Any] = {"bar": None}  # a search's bar counts particle model calls (see below)
@@ -227,6 +232,7 @@ class SteeringMixin:
             step_kwargs=setup.step_kwargs,
             stochastic=stochastic,
             require_kernel=getattr(method, "requires_kernel", False),
+            first_order=first_order,
             device=setup.latents.device,
             dtype=setup.latents.dtype,
             timesteps_kwargs=setup.timesteps_kwargs,
@@ -254,6 +260,7 @@ class SteeringMixin:
                 num_outputs=call["num_images_per_prompt"],
                 on_step_end=self._steering_callback(call, progress_bar, plain_like),
                 gradient_reward=scorer.gradient_reward,
+                gradient_chunk_size=decode_batch_size,
             )
             run = run_method(method, ctx)
         output_type = call["output_type"]

@@ -38,6 +38,7 @@ class _SMCHooks:
             on_step_end=ctx.on_step_end,
             final_reward=ctx.final_reward,
             gradient_reward=ctx.gradient_reward,
+            gradient_chunk_size=ctx.gradient_chunk_size,
         )
 
     def model_passes(self, num_inference_steps: int, num_model_calls: int) -> int:

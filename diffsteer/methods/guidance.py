@@ -124,7 +124,8 @@ class Guidance(_GradientHooks):
         variant (`str`, defaults to `"dps"`): `"dps"` (through the denoiser) or `"x0-fixed"` (model output held).
         schedule (`str`, defaults to `"variance"`): `"variance"` (s_t = the step's variance; a deterministic step
             is not moved) or `"constant"` (s_t = 1; moves deterministic steps too).
-        chunk_size (`int`, *optional*): rows per backward pass.
+        chunk_size (`int`, *optional*): rows per backward pass (default: a pipeline's `decode_batch_size`, all rows
+            in `diffsteer.sample`).
         budget (`float`, *optional*): the budget `diffsteer.make_method` built it for.
     """
 
