@@ -317,4 +317,8 @@ class ShapesDetect(Reward):
             caption_log_prob(parse(prompt), regions(kind, color), kinds.device)
             for kind, color, prompt in zip(kinds, colors, prompts, strict=True)
         ]
-        return torch.stack([s.to(kinds) for s in scores])
+        # Where no region is found (a blank or very blurry x0-hat) the score is the constant floor: tie it to the
+        # probabilities with a zero weight, so that the reward stays differentiable there, with gradient 0 (flat),
+        # rather than looking non-differentiable to a method that follows its gradient.
+        flat = 0.0 * kinds.flatten(1).sum(1)
+        return torch.stack([s.to(kinds) for s in scores]) + flat

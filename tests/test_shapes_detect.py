@@ -131,3 +131,13 @@ def test_the_shipped_reward_ranks_generated_images_as_the_eye_does(shipped, fold
     first, second = np.array(accepted)[:, None], np.array(rejected)[None, :]
     area = (first > second).mean() + 0.5 * (first == second).mean()
     assert area >= 0.95
+
+
+def test_a_blank_image_is_flat_not_non_differentiable(shipped):
+    # No region in a blank image: the score is the floor, and its gradient is exactly 0 (so a method that follows
+    # the gradient sees a flat reward there, not a reward without one).
+    images = torch.full((2, 3, 64, 64), 0.96, requires_grad=True)
+    scores = shipped(images, ["a red circle", "two squares"])
+    assert scores.requires_grad
+    (grad,) = torch.autograd.grad(scores.sum(), images)
+    assert torch.equal(grad, torch.zeros_like(grad))
