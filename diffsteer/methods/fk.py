@@ -135,8 +135,21 @@ class FK(_SMCHooks):
         return self.ess_threshold is None or ess < self.ess_threshold * num_particles
 
 
+class _Unweighted:
+    """The SMC hooks of a method whose particles are never weighted or resampled (best-of-N, plain guidance)."""
+
+    def make_potential(self) -> None:
+        return None
+
+    def reward_steps(self, num_inference_steps: int) -> frozenset[int]:
+        return frozenset()
+
+    def should_resample(self, ess: float, num_particles: int) -> bool:
+        return False
+
+
 @dataclass(frozen=True)
-class BestOfN(_SMCHooks):
+class BestOfN(_Unweighted, _SMCHooks):
     """Best-of-N: N independent plain samples, the highest final reward wins.
 
     Random search over initial noises, in the terms of Ma et al. (2025).
@@ -156,15 +169,6 @@ class BestOfN(_SMCHooks):
 
     def __post_init__(self) -> None:
         set_field(self, "num_particles", _check_num_particles(self.num_particles))
-
-    def make_potential(self) -> None:
-        return None
-
-    def reward_steps(self, num_inference_steps: int) -> frozenset[int]:
-        return frozenset()
-
-    def should_resample(self, ess: float, num_particles: int) -> bool:
-        return False
 
 
 def _check_num_particles(num_particles: Any) -> int:

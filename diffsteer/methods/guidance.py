@@ -29,7 +29,7 @@ import torch
 
 from diffsteer.gradients import BACKWARD_COST
 from diffsteer.methods.base import set_field, settings_of
-from diffsteer.methods.fk import SELECT_MODES, _SMCHooks
+from diffsteer.methods.fk import SELECT_MODES, _SMCHooks, _Unweighted
 from diffsteer.smc.checks import check_choice, check_int, check_number
 from diffsteer.smc.potentials import Potential
 from diffsteer.smc.resampling import get_resampling_scheme
@@ -108,7 +108,7 @@ class _GradientHooks(_SMCHooks):
 
 
 @dataclass(frozen=True)
-class Guidance(_GradientHooks):
+class Guidance(_Unweighted, _GradientHooks):
     """Reward-gradient guidance (DPS, universal guidance): a heuristic, not a sampler of p(x) exp(lmbda r(x)).
 
     Each of `num_particles` independent particles has every stochastic transition shifted by
@@ -155,15 +155,6 @@ class Guidance(_GradientHooks):
 
     def make_guide(self) -> Guide:
         return Guide(self.gradient_scale * self.lmbda, self.variant == "dps", self.schedule, False, self.chunk_size)
-
-    def make_potential(self) -> None:
-        return None
-
-    def reward_steps(self, num_inference_steps: int) -> frozenset[int]:
-        return frozenset()
-
-    def should_resample(self, ess: float, num_particles: int) -> bool:
-        return False
 
 
 @dataclass(frozen=True)
