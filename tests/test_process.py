@@ -216,8 +216,9 @@ def test_diffsteer_sample_runs_every_method_on_one_process_api():
     scheduler = make("DDPMScheduler")
     model = gmm.exact_denoiser(MIXTURE_3D, scheduler)
     for name in diffsteer.methods.METHOD_NAMES:
+        budget = 5 if name == "noise-opt" else 3  # one gradient step through the sampler costs 4.2 plain samples
         method = diffsteer.make_method(
-            name, budget=3, num_inference_steps=4, **({"num_neighbors": 1} if name == "zero-order" else {})
+            name, budget=budget, num_inference_steps=4, **({"num_neighbors": 1} if name == "zero-order" else {})
         )
         result = diffsteer.sample(
             model,
@@ -229,4 +230,4 @@ def test_diffsteer_sample_runs_every_method_on_one_process_api():
             generator=torch.Generator().manual_seed(0),
         )
         assert result.cost.within_budget, name
-        assert result.cost.plain_model_rows == 4 and result.cost.budget == 3
+        assert result.cost.plain_model_rows == 4 and result.cost.budget == budget
