@@ -15,12 +15,12 @@ from diffusers.utils.torch_utils import randn_tensor
 from diffsteer.processes.base import Generators, Model, Step
 from diffsteer.processes.kernels import GaussianKernel
 from diffsteer.processes.schedulers import (
-    SCHEDULER_REGISTRY,
     SchedulerSpec,
     SchedulerState,
     copy_scheduler,
     effective_config,
     scheduler_spec,
+    schedulers_with_kernel,
     unregistered_particle_state,
 )
 from diffsteer.processes.x0 import alpha_bar, flow_x0, vp_x0
@@ -202,7 +202,6 @@ class SchedulerProcess:
             if spec.kernel is not None:
                 return scheduler, step_kwargs
             if stochastic != "auto" or spec.make_kernel is None:
-                with_kernel = sorted(cls.__name__ for cls, entry in SCHEDULER_REGISTRY.items() if entry.kernel)
                 why = (
                     "no switch keeps this model's sampling"
                     if spec.make_kernel is None
@@ -211,16 +210,11 @@ class SchedulerProcess:
                 raise ValueError(
                     f"{type(scheduler).__name__} has no Gaussian transition kernel in diffsteer's scheduler "
                     f"registry, which this method reweights its shifted transitions by, and {why}. Use one of "
-                    f"{with_kernel} (DDIM with eta > 0, DPM-Solver with algorithm_type='sde-dpmsolver++')"
+                    f"{schedulers_with_kernel()} (DDIM with eta > 0, DPM-Solver with algorithm_type='sde-dpmsolver++')"
                     + (", or pass stochastic='auto' to let diffsteer switch." if spec.make_kernel else ".")
                 )
-            switched, step_kwargs, note = spec.make_kernel(scheduler, step_kwargs)
-            built = note[note.index("(built from") :].split(")")[0] + ")" if "(built from" in note else ""
-            self.changes.append(
-                f"{type(scheduler).__name__} has no Gaussian transition kernel, which the method reweights its "
-                f"shifted transitions by, so it was replaced by {type(switched).__name__} {built}.".replace(" .", ".")
-            )
-            scheduler = switched
+            scheduler, step_kwargs, note = spec.make_kernel(scheduler, step_kwargs)
+            self.changes.append(note)
         raise RuntimeError("The scheduler switched to for its kernel still has none.")
 
     def init(
@@ -283,30 +277,10 @@ class SchedulerProcess:
         """
         self._load(particles)
         sample = particles.latents
-        scale = getattr(self.scheduler, "scale_model_input", None)
-        model_input = scale(sample, step.timestep) if scale is not None else sample
-        model_output = self.model(model_input, step.timestep, **particles.conditioning)
-        self.particle_calls += sample.shape[0]
-        if model_output.shape != sample.shape:
-            raise ValueError(
-                f"The model returned shape {tuple(model_output.shape)} for samples of shape {tuple(sample.shape)}; "
-                "it must return one output per particle with the sample's shape."
-            )
+        model_input = self._scale(sample, step)
+        model_output = self._call_model(model_input, sample, step, particles.conditioning)
         particles.model_output = model_output
-        if not with_x0_hat:
-            particles.x0_hat = None
-            self._capture(particles)
-            return
-        if self.is_flow:
-            # The scheduler's own sigma for this step: solvers such as DPM-Solver in flow mode round their
-            # timesteps, so timestep / num_train_timesteps would be off by up to 1e-3.
-            index = self.scheduler.step_index if self.scheduler.step_index is not None else step.index
-            x0_hat = flow_x0(sample, model_output, self._sigmas[index])
-        else:
-            x0_hat = vp_x0(
-                model_input, model_output, self._alpha_bars[step.index], self.scheduler.config.prediction_type
-            )
-        particles.x0_hat = x0_hat
+        particles.x0_hat = self._x0(sample, model_input, model_output, step) if with_x0_hat else None
         self._capture(particles)  # scale_model_input may have set the step index
 
     def predict_with_gradient(
@@ -347,14 +321,14 @@ class SchedulerProcess:
         def through(rows_latents: torch.Tensor, rows: slice) -> torch.Tensor:
             conditioning = {name: value[rows] for name, value in particles.conditioning.items()}
             model_input = self._scale(rows_latents, step)
-            model_output = self.model(model_input, step.timestep, **conditioning)
-            self.particle_calls += rows_latents.shape[0]
+            model_output = self._call_model(model_input, rows_latents, step, conditioning)
             outputs.append(model_output.detach())
-            return objective(self._x0(rows_latents, model_output, step), rows)
+            return objective(self._x0(rows_latents, model_input, model_output, step), rows)
 
         scores, grads = chunked_gradient(through, particles.latents, chunk_size=chunk_size, what=what)
         particles.model_output = torch.cat(outputs)
-        particles.x0_hat = self._x0(particles.latents, particles.model_output, step)
+        latents = particles.latents
+        particles.x0_hat = self._x0(latents, self._scale(latents, step), particles.model_output, step)
         self._capture(particles)
         return scores, grads
 
@@ -386,10 +360,7 @@ class SchedulerProcess:
         def step_fn(x: torch.Tensor) -> torch.Tensor:
             probe = copy.copy(scheduler)
             state.load(probe)
-            scale = getattr(probe, "scale_model_input", None)
-            model_input = scale(x, step.timestep) if scale is not None else x
-            output = self.model(model_input, step.timestep, **conditioning)
-            self.particle_calls += x.shape[0]
+            output = self._call_model(self._scale(x, step, probe), x, step, conditioning)
             if "generator" in self._step_parameters:
                 kwargs["generator"] = torch.Generator(device=x.device).manual_seed(noise_seed)
             return probe.step(output, step.timestep, x, **kwargs).prev_sample
@@ -401,23 +372,43 @@ class SchedulerProcess:
         sqrt(alpha_bar) times the model-input scale for VP schedulers (x_in = sqrt(a) x0 + sqrt(1 - a) eps, so
         E[x0 | x_in] = sqrt(a) x_in), and (1 - s) / ((1 - s)^2 + s^2) for flow matching at sigma s."""
         if self.is_flow:
-            index = self.scheduler.step_index if self.scheduler.step_index is not None else step.index
-            sigma = self._sigmas[index]
+            sigma = self._flow_sigma(step)
             return (1 - sigma) / ((1 - sigma) ** 2 + sigma**2)
         input_scale = float(self._scale(torch.ones((), dtype=torch.float64), step))
         return math.sqrt(self._alpha_bars[step.index]) * input_scale
 
-    def _scale(self, sample: torch.Tensor, step: Step) -> torch.Tensor:
-        scale = getattr(self.scheduler, "scale_model_input", None)
+    def _scale(self, sample: torch.Tensor, step: Step, scheduler: SchedulerMixin | None = None) -> torch.Tensor:
+        """The model input: `scale_model_input` of `scheduler` (the live one by default), where it has one."""
+        scale = getattr(self.scheduler if scheduler is None else scheduler, "scale_model_input", None)
         return scale(sample, step.timestep) if scale is not None else sample
 
-    def _x0(self, sample: torch.Tensor, model_output: torch.Tensor, step: Step) -> torch.Tensor:
-        """x0-hat of `sample` given the model's output at `step`, as `predict` computes it (differentiable in both)."""
+    def _call_model(
+        self, model_input: torch.Tensor, sample: torch.Tensor, step: Step, conditioning: Mapping[str, torch.Tensor]
+    ) -> torch.Tensor:
+        """One counted model call on `sample`'s rows, its output's shape checked."""
+        model_output = self.model(model_input, step.timestep, **conditioning)
+        self.particle_calls += sample.shape[0]
+        if model_output.shape != sample.shape:
+            raise ValueError(
+                f"The model returned shape {tuple(model_output.shape)} for samples of shape {tuple(sample.shape)}; "
+                "it must return one output per particle with the sample's shape."
+            )
+        return model_output
+
+    def _flow_sigma(self, step: Step) -> float:
+        # The scheduler's own sigma for this step: solvers such as DPM-Solver in flow mode round their timesteps,
+        # so timestep / num_train_timesteps would be off by up to 1e-3.
+        index = self.scheduler.step_index if self.scheduler.step_index is not None else step.index
+        return self._sigmas[index]
+
+    def _x0(
+        self, sample: torch.Tensor, model_input: torch.Tensor, model_output: torch.Tensor, step: Step
+    ) -> torch.Tensor:
+        """x0-hat at `step` from the sample, its model input and the model's output (differentiable in all)."""
         if self.is_flow:
-            index = self.scheduler.step_index if self.scheduler.step_index is not None else step.index
-            return flow_x0(sample, model_output, self._sigmas[index])
+            return flow_x0(sample, model_output, self._flow_sigma(step))
         prediction_type = self.scheduler.config.prediction_type
-        return vp_x0(self._scale(sample, step), model_output, self._alpha_bars[step.index], prediction_type)
+        return vp_x0(model_input, model_output, self._alpha_bars[step.index], prediction_type)
 
     def check_particle_state(self, num_particles: int) -> None:
         """Raise if the scheduler holds per-particle state the registry does not know (resampling would miss it)."""
@@ -454,13 +445,11 @@ class SchedulerProcess:
         """
         kernel = self.spec.kernel
         if kernel is None:
-            with_kernel = sorted(cls.__name__ for cls, spec in SCHEDULER_REGISTRY.items() if spec.kernel is not None)
             raise ValueError(
                 f"{type(self.scheduler).__name__} has no Gaussian transition kernel in diffsteer's scheduler "
                 "registry, so a method that reweights its shifted transitions cannot run on it. Use one of "
-                f"{with_kernel} (with "
-                "eta > 0 for DDIM, algorithm_type='sde-dpmsolver++' for DPM-Solver), or register a kernel with "
-                "`diffsteer.processes.register_scheduler`."
+                f"{schedulers_with_kernel()} (with eta > 0 for DDIM, algorithm_type='sde-dpmsolver++' for "
+                "DPM-Solver), or register a kernel with `diffsteer.processes.register_scheduler`."
             )
         self._load(particles)
         return kernel(self.scheduler, particles.model_output, step.timestep, particles.latents, self.step_kwargs)

@@ -158,6 +158,11 @@ def _copy_lists(attributes: dict[str, Any]) -> dict[str, Any]:
     return {name: list(value) if isinstance(value, list) else value for name, value in attributes.items()}
 
 
+def schedulers_with_kernel() -> list[str]:
+    """The names of the registered schedulers whose step has a Gaussian kernel, for messages."""
+    return sorted(cls.__name__ for cls, spec in SCHEDULER_REGISTRY.items() if spec.kernel is not None)
+
+
 def unregistered_particle_state(scheduler: SchedulerMixin, num_particles: int) -> list[str]:
     """Attributes of `scheduler` that look per-particle (tensors of ndim >= 2 and leading dimension
     `num_particles`, or lists of them) but are not in its registry entry."""
@@ -203,16 +208,23 @@ def copy_scheduler(scheduler: SchedulerMixin) -> SchedulerMixin:
     return type(scheduler).from_config(effective_config(scheduler))
 
 
-def _switch_to(target: type[SchedulerMixin], cost: str = "", **config_overrides: Any) -> MakeStochastic:
-    """Replace the scheduler by `target` built from the same effective config (keeping the noise schedule); `cost`
-    is appended to the note (what the switch costs the samples)."""
+def _switch_to(
+    target: type[SchedulerMixin],
+    cost: str = "",
+    *,
+    because: str = "is deterministic",
+    so_that: str = " to give the particles fresh noise at each step",
+    **config_overrides: Any,
+) -> MakeStochastic:
+    """Replace the scheduler by `target` built from the same effective config (keeping the noise schedule). The note
+    says why (`because`, `so_that`); `cost` is appended to it (what the switch costs the samples)."""
 
     def make(scheduler: SchedulerMixin, step_kwargs: StepKwargs) -> tuple[SchedulerMixin, StepKwargs, str]:
         new = target.from_config(effective_config(scheduler), **config_overrides)
         settings = "".join(f", {key}={value!r}" for key, value in config_overrides.items())
         note = (
-            f"{type(scheduler).__name__} is deterministic, so it was replaced by {target.__name__} "
-            f"(built from the same config{settings}) to give the particles fresh noise at each step.{cost}"
+            f"{type(scheduler).__name__} {because}, so it was replaced by {target.__name__} "
+            f"(built from the same config{settings}){so_that}.{cost}"
         )
         return new, step_kwargs, note
 
@@ -246,6 +258,15 @@ def _sasolver_deterministic(scheduler: SchedulerMixin, step_kwargs: StepKwargs) 
 
 _SDE_DPMSOLVER = _switch_to(DPMSolverMultistepScheduler, algorithm_type="sde-dpmsolver++")
 
+
+def _switch_for_kernel(target: type[SchedulerMixin], **config_overrides: Any) -> MakeStochastic:
+    """A `make_kernel` switch: to `target`, whose step has a Gaussian kernel."""
+    reason = "has no Gaussian transition kernel, which the method reweights its shifted transitions by"
+    return _switch_to(target, because=reason, so_that="", **config_overrides)
+
+
+_KERNEL_SDE_DPMSOLVER = _switch_for_kernel(DPMSolverMultistepScheduler, algorithm_type="sde-dpmsolver++")
+
 for _cls, _spec in {
     DDPMScheduler: SchedulerSpec((), _never_deterministic, kernel=ddpm_kernel),
     DDIMScheduler: SchedulerSpec((), _ddim_deterministic, _set_step_kwarg("eta", 1.0), kernel=ddim_kernel),
@@ -278,7 +299,7 @@ for _cls, _spec in {
         ("model_outputs", "sample"),
         _dpmsolver_deterministic,
         _switch_to(DPMSolverSinglestepScheduler, algorithm_type="sde-dpmsolver++"),
-        make_kernel=_SDE_DPMSOLVER,
+        make_kernel=_KERNEL_SDE_DPMSOLVER,
     ),
     UniPCMultistepScheduler: SchedulerSpec(("model_outputs", "last_sample"), _always_deterministic, _SDE_DPMSOLVER),
     DEISMultistepScheduler: SchedulerSpec(("model_outputs",), _always_deterministic, _SDE_DPMSOLVER),
@@ -286,7 +307,7 @@ for _cls, _spec in {
         ("model_outputs", "last_sample", "last_noise"),
         _sasolver_deterministic,
         _switch_to(SASolverScheduler, tau_func=lambda t: 1),
-        make_kernel=_SDE_DPMSOLVER,
+        make_kernel=_KERNEL_SDE_DPMSOLVER,
     ),
     PNDMScheduler: SchedulerSpec(
         ("ets", "cur_sample", "cur_model_output"), _always_deterministic, _switch_to(DDIMScheduler)
@@ -298,7 +319,7 @@ for _cls, _spec in {
         ("sample",), _always_deterministic, _switch_to(KDPM2AncestralDiscreteScheduler)
     ),
     KDPM2AncestralDiscreteScheduler: SchedulerSpec(
-        ("sample",), _never_deterministic, make_kernel=_switch_to(EulerAncestralDiscreteScheduler)
+        ("sample",), _never_deterministic, make_kernel=_switch_for_kernel(EulerAncestralDiscreteScheduler)
     ),
     LMSDiscreteScheduler: SchedulerSpec(
         ("derivatives",), _always_deterministic, _switch_to(EulerAncestralDiscreteScheduler)
