@@ -38,6 +38,18 @@ class NotDifferentiableError(ValueError):
     """The reward (or the path to it) gives no gradient with respect to its input."""
 
 
+def require_gradient(values: object, what: str) -> torch.Tensor:
+    """`values`, if they are a tensor with autograd history; else `NotDifferentiableError` naming `what`."""
+    if not isinstance(values, torch.Tensor) or not values.requires_grad:
+        raise NotDifferentiableError(
+            f"{what} gives no gradient: its output does not depend on its input through autograd (it returned a "
+            "tensor without grad history, or a non-tensor; a reward computed in numpy, under torch.no_grad() or "
+            "through .detach() does this). Use a differentiable reward, or a derivative-free method (fk, bon, "
+            "zero-order, paths, svdd)."
+        )
+    return values
+
+
 def chunked_gradient(
     objective: Objective, x: torch.Tensor, *, chunk_size: int | None = None, what: str = "the reward"
 ) -> tuple[torch.Tensor, torch.Tensor]:
@@ -64,14 +76,7 @@ def chunked_gradient(
         rows = slice(start, min(start + size, num_rows))
         with torch.enable_grad():
             leaf = x[rows].detach().requires_grad_(True)
-            values = objective(leaf, rows)
-            if not isinstance(values, torch.Tensor) or not values.requires_grad:
-                raise NotDifferentiableError(
-                    f"{what} gives no gradient: its output does not depend on its input through autograd (it "
-                    "returned a tensor without grad history, or a non-tensor; a reward computed in numpy, under "
-                    "torch.no_grad() or through .detach() does this). Use a differentiable reward, or a "
-                    "derivative-free method (fk, bon, zero-order, paths, svdd)."
-                )
+            values = require_gradient(objective(leaf, rows), what)
             length = rows.stop - rows.start
             if tuple(values.shape) not in ((length,), (length, 1)):
                 raise ValueError(

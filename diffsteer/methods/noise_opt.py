@@ -25,8 +25,8 @@ from typing import Any
 import torch
 from torch.utils.checkpoint import checkpoint
 
-from diffsteer.gradients import BACKWARD_COST, NotDifferentiableError
-from diffsteer.loop import RunContext, SteeringRun, _name, check_scores
+from diffsteer.gradients import BACKWARD_COST, require_gradient
+from diffsteer.loop import RunContext, SteeringRun, _name, _rows_reward, check_scores
 from diffsteer.methods.base import (
     Archive,
     generator_device,
@@ -144,7 +144,7 @@ class NoiseOpt:
         seeds = torch.randint(
             0, 2**62, (len(steps),), generator=ctx.generator, device=generator_device(ctx.generator)
         ).tolist()
-        gradient_reward = ctx.gradient_reward or (lambda x0, rows: ctx.reward(x0))
+        gradient_reward = ctx.gradient_reward or _rows_reward(ctx.reward)
         archive, trace = Archive(num_groups, self.num_chains), []
         for iteration in range(self.num_iterations):
             last = iteration == self.num_iterations - 1
@@ -160,13 +160,9 @@ class NoiseOpt:
                 archive.add(samples, score(ctx.final_reward, samples, ctx, "the final samples").cpu())
                 if last:
                     break
-                rewards = gradient_reward(x, slice(0, rows))
-                if not isinstance(rewards, torch.Tensor) or not rewards.requires_grad:
-                    raise NotDifferentiableError(
-                        f"reward {_name(gradient_reward)} gives no gradient: its output does not depend on its input "
-                        "through autograd. Use a differentiable reward, or a derivative-free method."
-                    )
-                check_scores(rewards.detach(), rows, f"reward {_name(gradient_reward)}")
+                what = f"reward {_name(gradient_reward)}"
+                rewards = require_gradient(gradient_reward(x, slice(0, rows)), what)
+                check_scores(rewards.detach(), rows, what)
                 loss = -self.lmbda * rewards.reshape(rows).sum() + self.regularization * chi_norm_penalty(z).sum()
                 optimiser.zero_grad()
                 loss.backward()  # checkpointing's recomputed forwards are counted as model rows by the model
