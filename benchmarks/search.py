@@ -53,6 +53,7 @@ from diffsteer.methods import METHOD_NAMES, make_method
 from diffsteer.methods.base import run_method
 from diffsteer.outputs import CostLedger
 from diffsteer.processes import SchedulerProcess
+from diffsteer.processes.scheduler_process import method_scheduler_options
 from diffsteer.worlds import gmm
 
 
@@ -147,9 +148,7 @@ def sweep_gmm(args: argparse.Namespace) -> list[Row]:
                 scheduler,
                 shape=(2,),
                 num_inference_steps=args.steps,
-                stochastic="auto" if method.requires_stochastic else "off",
-                require_kernel=getattr(method, "requires_kernel", False),
-                first_order="switch" if getattr(method, "requires_first_order", False) else "any",
+                **method_scheduler_options(method),
             )
             generator = torch.Generator().manual_seed(args.seed)
             ledger = CostLedger()  # its clock starts now: the run's wall time, without building the process

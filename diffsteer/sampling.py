@@ -10,7 +10,7 @@ from diffsteer.loop import Reward, RunContext
 from diffsteer.methods.base import Method, check_method, run_method
 from diffsteer.outputs import CostLedger, SamplingResult
 from diffsteer.processes.base import Model
-from diffsteer.processes.scheduler_process import STOCHASTIC_MODES, SchedulerProcess
+from diffsteer.processes.scheduler_process import STOCHASTIC_MODES, SchedulerProcess, method_scheduler_options
 from diffsteer.smc.checks import check_callable, check_choice, check_int, check_type, describe
 
 
@@ -75,13 +75,6 @@ def sample(
     check_choice("stochastic", stochastic, STOCHASTIC_MODES)
     check_type("device", device, torch.device | str, "a torch.device or a device name")
     check_type("dtype", dtype, torch.dtype, "a torch.dtype such as torch.float32")
-    # A method that differentiates through the sampler needs a first-order scheduler without history: "auto"
-    # lets the process switch to one, anything else asks it to refuse.
-    first_order = "any"
-    if getattr(method, "requires_first_order", False):
-        first_order = "switch" if stochastic == "auto" else "require"
-    if not method.requires_stochastic and stochastic == "auto":
-        stochastic = "off"
     ledger = CostLedger()
     process = SchedulerProcess(
         _counting(model, ledger),
@@ -89,9 +82,7 @@ def sample(
         shape=shape,
         num_inference_steps=num_inference_steps,
         step_kwargs=step_kwargs,
-        stochastic=stochastic,
-        require_kernel=getattr(method, "requires_kernel", False),
-        first_order=first_order,
+        **method_scheduler_options(method, stochastic),
         device=device,
         dtype=dtype,
     )

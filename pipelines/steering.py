@@ -23,7 +23,7 @@ from diffsteer.methods.base import Method, check_method, run_method
 from diffsteer.outputs import CostLedger
 from diffsteer.pipelines.denoiser import Combine, Denoise, combined
 from diffsteer.pipelines.pipeline_output import SteeringPipelineOutput
-from diffsteer.processes.scheduler_process import STOCHASTIC_MODES, SchedulerProcess, Step
+from diffsteer.processes.scheduler_process import STOCHASTIC_MODES, SchedulerProcess, Step, method_scheduler_options
 from diffsteer.rewards import get_spec as get_reward_spec
 from diffsteer.rewards import load as load_reward
 from diffsteer.smc.checks import check_callable, check_choice, check_int, check_number
@@ -212,13 +212,6 @@ class SteeringMixin:
         ledger: CostLedger,
     ) -> Any:
         num_prompts = len(setup.prompts)
-        # A method that differentiates through the sampler needs a first-order scheduler without history: "auto"
-        # lets the process switch to one, anything else asks it to refuse.
-        first_order = "any"
-        if getattr(method, "requires_first_order", False):
-            first_order = "switch" if stochastic == "auto" else "require"
-        if not method.requires_stochastic and stochastic == "auto":
-            stochastic = "off"
         progress: dict[str, Any] = {"bar": None}  # a search's bar counts particle model calls (see below)
         scorer = _ChunkedScorer(setup, reward, num_prompts, decode_batch_size, ledger)
         scorer.intermediate_vae = reward_decoder if reward_decoder is not None else self.vae
@@ -230,9 +223,7 @@ class SteeringMixin:
             shape=tuple(setup.latents.shape[1:]),
             num_inference_steps=call["num_inference_steps"],
             step_kwargs=setup.step_kwargs,
-            stochastic=stochastic,
-            require_kernel=getattr(method, "requires_kernel", False),
-            first_order=first_order,
+            **method_scheduler_options(method, stochastic),
             device=setup.latents.device,
             dtype=setup.latents.dtype,
             timesteps_kwargs=setup.timesteps_kwargs,

@@ -29,7 +29,23 @@ from diffsteer.smc.particles import Particles
 
 
 STOCHASTIC_MODES = ("auto", "require", "off")
-__all__ = ["STOCHASTIC_MODES", "Generators", "Model", "SchedulerProcess", "Step"]
+__all__ = ["STOCHASTIC_MODES", "Generators", "Model", "SchedulerProcess", "Step", "method_scheduler_options"]
+
+
+def method_scheduler_options(method: Any, stochastic: str = "auto") -> dict[str, Any]:
+    """`SchedulerProcess`'s `stochastic`, `require_kernel` and `first_order` for `method` when the caller asked for
+    `stochastic`: a method that needs no noise runs the scheduler as given under "auto"; one that reweights by the
+    step's kernel or differentiates through whole runs may switch the scheduler only under "auto"."""
+    first_order = "any"
+    if getattr(method, "requires_first_order", False):
+        first_order = "switch" if stochastic == "auto" else "require"
+    if not method.requires_stochastic and stochastic == "auto":
+        stochastic = "off"
+    return {
+        "stochastic": stochastic,
+        "require_kernel": getattr(method, "requires_kernel", False),
+        "first_order": first_order,
+    }
 
 
 class SchedulerProcess:
